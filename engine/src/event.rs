@@ -1,0 +1,374 @@
+//! The event model: a tag, a nanosecond timestamp and a record, moved in batches.
+//!
+//! Records arriving as JSON text are kept as their validated bytes
+//! ([`Record::Raw`]) and only parsed into a map when a filter or an output asks
+//! for a field. A pipeline that only moves events (tcp → file, say) never builds
+//! a tree per event, and writes the exact bytes it received.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::tag::Tag;
+
+/// A point in time as nanoseconds since the Unix epoch.
+///
+/// One `i64` covers the years 1677 to 2262, is cheap to copy, and keeps the
+/// sub-second precision that fluentd's EventTime and syslog's RFC 5424 carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventTime(i64);
+
+impl EventTime {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(d.as_secs() as i64 * 1_000_000_000 + i64::from(d.subsec_nanos()))
+    }
+
+    /// Builds a time from whole seconds and a nanosecond remainder.
+    pub fn from_secs_nanos(secs: i64, nanos: u32) -> Self {
+        Self(
+            secs.saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(nanos)),
+        )
+    }
+
+    /// Builds a time from nanoseconds since the epoch.
+    pub const fn from_unix_nanos(nanos: i64) -> Self {
+        Self(nanos)
+    }
+
+    /// Builds a time from fractional seconds, as JSON timestamps often carry.
+    pub fn from_secs_f64(secs: f64) -> Self {
+        Self((secs * 1e9).round() as i64)
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn unix_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// Whole seconds since the epoch (rounded towards minus infinity).
+    pub const fn secs(self) -> i64 {
+        self.0.div_euclid(1_000_000_000)
+    }
+
+    /// The nanoseconds past [`EventTime::secs`].
+    pub const fn subsec_nanos(self) -> u32 {
+        self.0.rem_euclid(1_000_000_000) as u32
+    }
+
+    /// Seconds as a float, the form fluentd's JSON outputs use.
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+}
+
+/// Why some bytes could not become a record.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum RecordError {
+    /// The text was not valid JSON.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// Valid JSON, but not an object (a record must be a map).
+    #[error("a record must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+}
+
+/// The fields of an event.
+///
+/// Either the validated JSON text it arrived as, or a parsed map. Reading a
+/// field of a raw record parses it once and keeps the map.
+#[derive(Clone)]
+pub enum Record {
+    /// A JSON object's text, validated but not parsed.
+    Raw(Bytes),
+    /// A parsed JSON object.
+    Map(Map<String, Value>),
+}
+
+impl Record {
+    /// Wraps JSON text after checking that it is one valid JSON object.
+    ///
+    /// The bytes are kept as they are (a trailing `\r` or spaces included), so
+    /// outputs can write them without re-encoding.
+    pub fn from_json_bytes(bytes: Bytes) -> Result<Self, RecordError> {
+        validate_json_object(&bytes)?;
+        Ok(Record::Raw(bytes))
+    }
+
+    /// An empty record.
+    pub fn new() -> Self {
+        Record::Map(Map::new())
+    }
+
+    /// The record as a map, parsing raw text on first use.
+    pub fn map_mut(&mut self) -> &mut Map<String, Value> {
+        if let Record::Raw(bytes) = self {
+            // Raw records were validated on the way in, so this parse cannot
+            // fail; an empty map is the safe answer if it ever did.
+            let map = serde_json::from_slice::<Map<String, Value>>(bytes).unwrap_or_default();
+            *self = Record::Map(map);
+        }
+        match self {
+            Record::Map(map) => map,
+            Record::Raw(_) => unreachable!("raw record replaced above"),
+        }
+    }
+
+    /// The record as a map, parsed if needed; borrows when already parsed.
+    pub fn to_map(&self) -> std::borrow::Cow<'_, Map<String, Value>> {
+        match self {
+            Record::Map(map) => std::borrow::Cow::Borrowed(map),
+            Record::Raw(bytes) => {
+                std::borrow::Cow::Owned(serde_json::from_slice(bytes).unwrap_or_default())
+            }
+        }
+    }
+
+    /// One field's value, parsing the record if it is raw.
+    pub fn get(&mut self, key: &str) -> Option<&Value> {
+        self.map_mut().get(key)
+    }
+
+    /// Sets a field, parsing the record if it is raw.
+    pub fn insert(&mut self, key: impl Into<String>, value: Value) {
+        self.map_mut().insert(key.into(), value);
+    }
+
+    /// Appends the record as compact JSON text: raw bytes untouched (trailing
+    /// whitespace trimmed), maps serialised.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Raw(bytes) => out.extend_from_slice(trim_ascii_end(bytes)),
+            Record::Map(map) => {
+                // Serialising a map of JSON values into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, map);
+            }
+        }
+    }
+
+    /// Appends the record as JSON with extra fields added at the end, without
+    /// parsing a raw record: its closing brace is replaced.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, extra: &[(&str, &Value)]) {
+        if extra.is_empty() {
+            return self.write_json(out);
+        }
+        let start = out.len();
+        self.write_json(out);
+        // Both forms end in '}' once trailing whitespace is trimmed.
+        if out.last() != Some(&b'}') {
+            return;
+        }
+        out.pop();
+        let empty = out[start..]
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        for (i, (key, value)) in extra.iter().enumerate() {
+            if i > 0 || !empty {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        out.push(b'}');
+    }
+
+    /// The record serialised to a JSON string.
+    pub fn to_json_string(&self) -> String {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Map<String, Value>> for Record {
+    fn from(map: Map<String, Value>) -> Self {
+        Record::Map(map)
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_json_string())
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_map() == other.to_map()
+    }
+}
+
+fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// Checks that `bytes` hold exactly one JSON object, without building it.
+pub fn validate_json_object(bytes: &[u8]) -> Result<(), RecordError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'{') => {}
+        Some(b'[') => return Err(RecordError::NotAnObject("an array")),
+        Some(b'"') => return Err(RecordError::NotAnObject("a string")),
+        None => return Err(RecordError::InvalidJson("empty input".into())),
+        Some(_) => {
+            // Could be a number, bool, null or garbage: let the parser say.
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => Err(RecordError::NotAnObject("a scalar")),
+                Err(e) => Err(RecordError::InvalidJson(e.to_string())),
+            };
+        }
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| RecordError::InvalidJson(e.to_string()))
+}
+
+/// One event: when it happened and what it says. Its tag is its batch's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When the event happened (or was received, when the source had no time).
+    pub time: EventTime,
+    /// The event's fields.
+    pub record: Record,
+}
+
+impl Event {
+    /// An event at `time` with `record`.
+    pub fn new(time: EventTime, record: impl Into<Record>) -> Self {
+        Self {
+            time,
+            record: record.into(),
+        }
+    }
+}
+
+/// Events that share one tag: the unit the engine routes and outputs write.
+///
+/// Routing is decided once per batch, as Fluent Bit does per chunk; inputs
+/// should gather what they read in one go into one batch per tag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// The tag every event in this batch carries.
+    pub tag: Tag,
+    /// The events, in arrival order.
+    pub events: Vec<Event>,
+}
+
+impl Batch {
+    /// A batch of `events` under `tag`.
+    pub fn new(tag: Tag, events: Vec<Event>) -> Self {
+        Self { tag, events }
+    }
+
+    /// A batch of one event.
+    pub fn single(tag: Tag, event: Event) -> Self {
+        Self {
+            tag,
+            events: vec![event],
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True when there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// A batch shared between outputs (one `copy` fan-out does not clone events).
+pub type SharedBatch = Arc<Batch>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn time_parts_round_trip() {
+        let t = EventTime::from_secs_nanos(1_700_000_000, 123_456_789);
+        assert_eq!(t.secs(), 1_700_000_000);
+        assert_eq!(t.subsec_nanos(), 123_456_789);
+        let neg = EventTime::from_unix_nanos(-1);
+        assert_eq!(neg.secs(), -1);
+        assert_eq!(neg.subsec_nanos(), 999_999_999);
+    }
+
+    #[test]
+    fn raw_records_pass_through_untouched() {
+        let text = Bytes::from_static(b"{\"b\":1,  \"a\" : [1,2]}\r\n");
+        let rec = Record::from_json_bytes(text).unwrap();
+        let mut out = Vec::new();
+        rec.write_json(&mut out);
+        assert_eq!(out, b"{\"b\":1,  \"a\" : [1,2]}");
+    }
+
+    #[test]
+    fn invalid_json_and_non_objects_are_refused() {
+        assert!(matches!(
+            Record::from_json_bytes(Bytes::from_static(b"{\"a\":")),
+            Err(RecordError::InvalidJson(_))
+        ));
+        assert_eq!(
+            Record::from_json_bytes(Bytes::from_static(b"[1]")),
+            Err(RecordError::NotAnObject("an array"))
+        );
+        assert_eq!(
+            Record::from_json_bytes(Bytes::from_static(b" 42")),
+            Err(RecordError::NotAnObject("a scalar"))
+        );
+        assert!(Record::from_json_bytes(Bytes::from_static(b"{} {}")).is_err());
+        assert!(Record::from_json_bytes(Bytes::from_static(b"")).is_err());
+    }
+
+    #[test]
+    fn fields_parse_lazily() {
+        let mut rec = Record::from_json_bytes(Bytes::from_static(b"{\"a\":1}")).unwrap();
+        assert!(matches!(rec, Record::Raw(_)));
+        assert_eq!(rec.get("a"), Some(&json!(1)));
+        assert!(matches!(rec, Record::Map(_)));
+        rec.insert("b", json!("x"));
+        assert_eq!(rec.to_json_string(), r#"{"a":1,"b":"x"}"#);
+    }
+
+    #[test]
+    fn extra_fields_are_spliced_into_raw_text() {
+        let rec = Record::from_json_bytes(Bytes::from_static(b"{\"a\":1} ")).unwrap();
+        let mut out = Vec::new();
+        rec.write_json_with(&mut out, &[("tag", &json!("x.y")), ("n", &json!(2))]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            json!({"a":1,"tag":"x.y","n":2})
+        );
+        let empty = Record::from_json_bytes(Bytes::from_static(b"{ }")).unwrap();
+        let mut out = Vec::new();
+        empty.write_json_with(&mut out, &[("tag", &json!("t"))]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap(),
+            json!({"tag":"t"})
+        );
+    }
+}

@@ -1,0 +1,1156 @@
+//! Building a pipeline from its spec and running it.
+//!
+//! Inputs run as tasks and push batches through an [`Emitter`], which applies
+//! the matching filters inline and hands the batch to the first matching
+//! block's outputs. Each output is a task behind a bounded queue: a slow
+//! output fills its queue and then makes `emit` wait, so memory stays bounded
+//! and the slowness reaches the inputs (backpressure).
+//!
+//! Stopping: inputs are told to stop and finish what they read; then outputs
+//! are closed in dependency order (an output that feeds a label, such as
+//! `relabel`, closes before the outputs of that label), each draining its queue
+//! and flushing before it exits.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::event::{Batch, SharedBatch};
+use crate::metrics::{Metrics, MetricsSnapshot, NodeMetrics};
+use crate::params::{PluginKind, Value};
+use crate::pattern::PatternSet;
+use crate::plugin::{Delivery, Filter, Input, InputContext, Output, Rejected};
+use crate::registry::{AnyFactory, BuildContext, DeliverySettings, Registry};
+use crate::router::{first_time, MatchTable, RouteCache};
+use crate::spec::{Focus, NodeSpec, PipelineSpec, Severity, Site, SpecError, ERRORS_LABEL};
+use crate::tag::Tag;
+
+/// How many times a filter may change a batch's tag before the batch is
+/// rejected (guards against rewrite loops).
+const MAX_REROUTES: usize = 8;
+/// Tags each emitter remembers decisions for.
+const ROUTE_CACHE_TAGS: usize = 4096;
+
+/// The pipeline is stopping and no longer accepts events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline is shutting down; events were not accepted")]
+pub struct EmitError;
+
+struct FilterNode {
+    id: Arc<str>,
+    filter: Arc<dyn Filter>,
+}
+
+struct Flow {
+    name: Option<String>,
+    filters: Vec<FilterNode>,
+    filter_table: MatchTable,
+    matches: MatchTable,
+    match_outputs: Vec<Arc<[usize]>>,
+}
+
+enum OutMsg {
+    Batch(SharedBatch),
+    Close,
+}
+
+struct OutputSlot {
+    id: Arc<str>,
+    tx: mpsc::Sender<OutMsg>,
+    metrics: Arc<NodeMetrics>,
+}
+
+struct Shared {
+    flows: Vec<Flow>,
+    outputs: Vec<OutputSlot>,
+    errors_flow: Option<usize>,
+    metrics: Metrics,
+    unmatched_seen: Mutex<HashSet<Tag>>,
+}
+
+#[derive(Clone)]
+struct Decision {
+    filters: Arc<[usize]>,
+    outputs: Option<Arc<[usize]>>,
+}
+
+/// Sends batches into a pipeline. Cheap to clone; each clone keeps its own
+/// routing cache, so give one to each connection or task.
+pub struct Emitter {
+    shared: Arc<Shared>,
+    flow: usize,
+    caches: HashMap<usize, RouteCache<Decision>>,
+    source: Option<Arc<NodeMetrics>>,
+}
+
+impl Clone for Emitter {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            flow: self.flow,
+            caches: HashMap::new(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl Emitter {
+    /// Routes `batch` through the filters and hands it to its outputs'
+    /// queues. Returns once every output queue has taken it: that is when an
+    /// input may acknowledge the events to its sender. Waits while a queue is
+    /// full (backpressure).
+    ///
+    /// # Errors
+    /// [`EmitError`] when the pipeline is shutting down and an output no longer
+    /// accepts events; the caller still owns the responsibility for them.
+    pub async fn emit(&mut self, batch: Batch) -> Result<(), EmitError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Some(m) = &self.source {
+            NodeMetrics::add(&m.events_in, batch.len());
+        }
+        let n = batch.len();
+        let rejects = self.route(self.flow, batch).await?;
+        if let Some(m) = &self.source {
+            NodeMetrics::add(&m.events_out, n);
+        }
+        if !rejects.is_empty() {
+            self.send_to_errors(rejects, self.flow).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends events that a plugin refused to the `errors` label (or logs and
+    /// counts them when there is none). `from_flow` is where they were refused;
+    /// events refused inside the `errors` label itself are never sent back to
+    /// it.
+    async fn send_to_errors(
+        &mut self,
+        rejects: Vec<(Tag, Rejected, Arc<str>)>,
+        from_flow: usize,
+    ) -> Result<(), EmitError> {
+        let shared = self.shared.clone();
+        NodeMetrics::add(&shared.metrics.rejected, rejects.len());
+        let target = shared.errors_flow.filter(|&f| f != from_flow);
+        let Some(errors_flow) = target else {
+            NodeMetrics::add(&shared.metrics.dropped, rejects.len());
+            for (tag, r, node) in rejects.iter().take(3) {
+                warn!(tag = %tag, node = %node, reason = %r.reason, "event rejected and no `errors` label to send it to");
+            }
+            if rejects.len() > 3 {
+                warn!(count = rejects.len() - 3, "more events rejected");
+            }
+            return Ok(());
+        };
+        // Group by tag so each becomes one batch.
+        let mut by_tag: Vec<(Tag, Vec<crate::event::Event>)> = Vec::new();
+        for (tag, r, node) in rejects {
+            let mut event = r.event;
+            event
+                .record
+                .insert("_error", serde_json::Value::String(r.reason));
+            event
+                .record
+                .insert("_error_node", serde_json::Value::String(node.to_string()));
+            match by_tag.iter_mut().find(|(t, _)| *t == tag) {
+                Some((_, events)) => events.push(event),
+                None => by_tag.push((tag, vec![event])),
+            }
+        }
+        for (tag, events) in by_tag {
+            let again = self.route(errors_flow, Batch::new(tag, events)).await?;
+            if !again.is_empty() {
+                NodeMetrics::add(&shared.metrics.dropped, again.len());
+                for (tag, r, node) in again.iter().take(3) {
+                    error!(tag = %tag, node = %node, reason = %r.reason, "event rejected inside the `errors` label; dropped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn decide(&mut self, flow: usize, tag: &Tag) -> Decision {
+        let shared = &self.shared;
+        self.caches
+            .entry(flow)
+            .or_insert_with(|| RouteCache::new(ROUTE_CACHE_TAGS))
+            .get_or_insert_with(tag, || {
+                let f = &shared.flows[flow];
+                Decision {
+                    filters: f.filter_table.all_matches(tag).collect(),
+                    outputs: f
+                        .matches
+                        .first_match(tag)
+                        .map(|i| f.match_outputs[i].clone()),
+                }
+            })
+    }
+
+    /// Runs filters and enqueues; returns the events that were rejected.
+    async fn route(
+        &mut self,
+        flow: usize,
+        mut batch: Batch,
+    ) -> Result<Vec<(Tag, Rejected, Arc<str>)>, EmitError> {
+        let shared = self.shared.clone();
+        let mut rejects = Vec::new();
+        let mut reroutes = 0;
+        'route: loop {
+            let decision = self.decide(flow, &batch.tag);
+            for &fi in decision.filters.iter() {
+                let node = &shared.flows[flow].filters[fi];
+                let tag_before = batch.tag.clone();
+                let mut refused = Vec::new();
+                let result = node.filter.filter(&mut batch, &mut refused).await;
+                rejects.extend(
+                    refused
+                        .into_iter()
+                        .map(|r| (tag_before.clone(), r, node.id.clone())),
+                );
+                if let Err(e) = result {
+                    let reason = format!("filter failed: {e}");
+                    rejects.extend(batch.events.drain(..).map(|event| {
+                        (
+                            tag_before.clone(),
+                            Rejected {
+                                event,
+                                reason: reason.clone(),
+                            },
+                            node.id.clone(),
+                        )
+                    }));
+                }
+                if batch.is_empty() {
+                    return Ok(rejects);
+                }
+                if batch.tag != tag_before {
+                    reroutes += 1;
+                    if reroutes > MAX_REROUTES {
+                        let reason = format!(
+                            "tag rewritten more than {MAX_REROUTES} times (a rewrite loop?)"
+                        );
+                        let tag = batch.tag.clone();
+                        rejects.extend(batch.events.drain(..).map(|event| {
+                            (
+                                tag.clone(),
+                                Rejected {
+                                    event,
+                                    reason: reason.clone(),
+                                },
+                                node.id.clone(),
+                            )
+                        }));
+                        return Ok(rejects);
+                    }
+                    continue 'route;
+                }
+            }
+            match &decision.outputs {
+                None => {
+                    NodeMetrics::add(&shared.metrics.unmatched, batch.len());
+                    if first_time(&shared.unmatched_seen, batch.tag.clone()) {
+                        let flow_name = shared.flows[flow].name.as_deref().unwrap_or("top level");
+                        warn!(tag = %batch.tag, flow = flow_name, "no match block takes this tag; its events are counted as unmatched");
+                    }
+                }
+                Some(outputs) => {
+                    let n = batch.len();
+                    let shared_batch = Arc::new(batch);
+                    for &o in outputs.iter() {
+                        let slot = &shared.outputs[o];
+                        NodeMetrics::add(&slot.metrics.queued, n);
+                        if slot
+                            .tx
+                            .send(OutMsg::Batch(shared_batch.clone()))
+                            .await
+                            .is_err()
+                        {
+                            NodeMetrics::sub(&slot.metrics.queued, n);
+                            return Err(EmitError);
+                        }
+                    }
+                }
+            }
+            return Ok(rejects);
+        }
+    }
+}
+
+enum OutputKind {
+    Plugin(Box<dyn Output>),
+    Relabel(usize),
+}
+
+struct BuiltOutput {
+    id: Arc<str>,
+    kind: OutputKind,
+    settings: DeliverySettings,
+    rx: mpsc::Receiver<OutMsg>,
+    flow: usize,
+}
+
+struct BuiltInput {
+    id: Arc<str>,
+    input: Box<dyn Input>,
+    flow: usize,
+}
+
+/// Options for building a pipeline.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Relative paths in parameters resolve against this directory.
+    pub base_dir: PathBuf,
+    /// How long stopping may take before queued events are given up (and
+    /// reported as lost).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            base_dir: PathBuf::from("."),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A pipeline built from its spec, ready to start.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    inputs: Vec<BuiltInput>,
+    outputs: Vec<BuiltOutput>,
+    close_order: Vec<usize>,
+    warnings: Vec<SpecError>,
+    options: BuildOptions,
+}
+
+/// The resolved ids of every node, in spec order, for tools like `ulog graph`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeIds {
+    /// Id of each site.
+    pub ids: HashMap<Site, String>,
+}
+
+struct Builder<'a> {
+    registry: &'a Registry,
+    options: &'a BuildOptions,
+    errors: Vec<SpecError>,
+    ids: HashMap<Site, String>,
+    seen_ids: HashMap<String, Site>,
+    per_type: HashMap<(PluginKind, String), usize>,
+}
+
+impl Builder<'_> {
+    fn err(&mut self, site: Site, focus: Focus, message: impl Into<String>) {
+        self.errors.push(SpecError::error(site, focus, message));
+    }
+
+    /// Validates a node's params and resolves its id; returns the params.
+    fn prepare(
+        &mut self,
+        site: Site,
+        kind: PluginKind,
+        node: &NodeSpec,
+    ) -> Option<(crate::registry::Entry, crate::params::Params, String)> {
+        let Some(entry) = self.registry.entry(kind, &node.plugin).cloned() else {
+            let known = self.registry.names(kind);
+            let hint = crate::suggest::closest(&node.plugin, known.iter().copied());
+            let mut e = SpecError::error(
+                site,
+                Focus::Block,
+                format!(
+                    "unknown {kind} type `{}`{}",
+                    node.plugin,
+                    hint.map(|h| format!("; did you mean `{h}`?"))
+                        .unwrap_or_default()
+                ),
+            );
+            e.notes
+                .push(format!("known {kind} types: {}", known.join(", ")));
+            self.errors.push(e);
+            return None;
+        };
+        let params = match entry.spec.validate(&node.params) {
+            Ok(p) => p,
+            Err(errs) => {
+                for pe in errs {
+                    let focus = match &pe {
+                        crate::params::ParamError::Missing { .. } => Focus::Block,
+                        other => Focus::Param(other.param().to_string()),
+                    };
+                    let mut e = SpecError::error(site, focus, pe.to_string());
+                    if let crate::params::ParamError::Unknown { known, .. } = &pe {
+                        e.notes
+                            .push(format!("`{}` takes: {}", node.plugin, known.join(", ")));
+                    }
+                    self.errors.push(e);
+                }
+                return None;
+            }
+        };
+        let id = match params.opt_str("id") {
+            Ok(Some(id)) => id.to_string(),
+            _ => {
+                let n = self
+                    .per_type
+                    .entry((kind, node.plugin.clone()))
+                    .or_insert(0);
+                *n += 1;
+                format!("{}#{}", node.plugin, n)
+            }
+        };
+        if let Some(prev) = self.seen_ids.get(&id) {
+            let mut e = SpecError::error(
+                site,
+                Focus::Param("id".into()),
+                format!("node id `{id}` is used twice"),
+            );
+            e.notes.push(format!("first used at {prev:?}"));
+            self.errors.push(e);
+            return None;
+        }
+        self.seen_ids.insert(id.clone(), site);
+        self.ids.insert(site, id.clone());
+        Some((entry, params, id))
+    }
+
+    fn ctx(&self, id: &str) -> BuildContext {
+        BuildContext {
+            id: id.to_string(),
+            base_dir: self.options.base_dir.clone(),
+        }
+    }
+
+    fn patterns(&mut self, site: Site, texts: &[String]) -> PatternSet {
+        match PatternSet::parse(texts) {
+            Ok(set) => set,
+            Err((index, e)) => {
+                self.err(
+                    site,
+                    Focus::Pattern {
+                        index,
+                        offset: e.offset,
+                    },
+                    format!("invalid tag pattern {:?}: {}", texts[index], e.message),
+                );
+                PatternSet::default()
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Checks and builds every node of `spec`. Building does no I/O (no port
+    /// is bound, no file opened), so this is also what `ulog check` runs.
+    ///
+    /// # Errors
+    /// Every problem found, not just the first, each with its [`Site`].
+    pub fn build(
+        spec: &PipelineSpec,
+        registry: &Registry,
+        options: BuildOptions,
+    ) -> Result<Pipeline, Vec<SpecError>> {
+        Self::build_with_ids(spec, registry, options).map(|(p, _)| p)
+    }
+
+    /// Like [`Pipeline::build`], also returning the id given to each node.
+    ///
+    /// # Errors
+    /// As [`Pipeline::build`].
+    pub fn build_with_ids(
+        spec: &PipelineSpec,
+        registry: &Registry,
+        options: BuildOptions,
+    ) -> Result<(Pipeline, NodeIds), Vec<SpecError>> {
+        let mut b = Builder {
+            registry,
+            options: &options,
+            errors: Vec::new(),
+            ids: HashMap::new(),
+            seen_ids: HashMap::new(),
+            per_type: HashMap::new(),
+        };
+        let mut warnings = Vec::new();
+        let mut metrics = Metrics::default();
+
+        // Flow 0 is the top level; flow i+1 is labels[i].
+        let mut label_index: HashMap<&str, usize> = HashMap::new();
+        for (i, l) in spec.labels.iter().enumerate() {
+            if label_index.insert(l.name.as_str(), i + 1).is_some() {
+                b.err(
+                    Site::Label(i),
+                    Focus::Block,
+                    format!("label `{}` is defined twice", l.name),
+                );
+            }
+        }
+        let errors_flow = label_index.get(ERRORS_LABEL).copied();
+        let flow_of_label = |b: &mut Builder, site: Site, name: &str| -> Option<usize> {
+            match label_index.get(name) {
+                Some(&f) => Some(f),
+                None => {
+                    let names: Vec<&str> = label_index.keys().copied().collect();
+                    let hint = crate::suggest::closest(name, names.iter().copied());
+                    let mut e = SpecError::error(
+                        site,
+                        Focus::Param("label".into()),
+                        format!(
+                            "no label named `{name}`{}",
+                            hint.map(|h| format!("; did you mean `{h}`?"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                    if !names.is_empty() {
+                        e.notes
+                            .push(format!("labels defined: {}", names.join(", ")));
+                    }
+                    b.errors.push(e);
+                    None
+                }
+            }
+        };
+
+        let mut inputs = Vec::new();
+        for (i, node) in spec.inputs.iter().enumerate() {
+            let site = Site::Input(i);
+            let Some((entry, params, id)) = b.prepare(site, PluginKind::Input, node) else {
+                continue;
+            };
+            let flow = match params.opt_str("label") {
+                Ok(Some(l)) => match flow_of_label(&mut b, site, l) {
+                    Some(f) => f,
+                    None => continue,
+                },
+                _ => 0,
+            };
+            let AnyFactory::Input(factory) = &entry.factory else {
+                continue;
+            };
+            match factory(&params, &b.ctx(&id)) {
+                Ok(input) => {
+                    let id: Arc<str> = id.into();
+                    metrics.node(&id, PluginKind::Input);
+                    inputs.push(BuiltInput { id, input, flow });
+                }
+                Err(e) => b.errors.push(SpecError::error(
+                    site,
+                    e.param.map_or(Focus::Block, Focus::Param),
+                    e.message,
+                )),
+            }
+        }
+
+        let mut flows = Vec::new();
+        let mut outputs: Vec<BuiltOutput> = Vec::new();
+        let mut senders: Vec<OutputSlot> = Vec::new();
+        // Edges between outputs for the close order: from → to.
+        let mut feeds: Vec<(usize, usize)> = Vec::new();
+        let mut relabel_targets: Vec<(usize, usize)> = Vec::new();
+        let flow_specs = std::iter::once((None, &spec.root)).chain(
+            spec.labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (Some(i), &l.flow)),
+        );
+        for (flow_idx, (label, fs)) in flow_specs.enumerate() {
+            let mut filters = Vec::new();
+            let mut filter_sets = Vec::new();
+            for (index, f) in fs.filters.iter().enumerate() {
+                let site = Site::Filter { label, index };
+                let set = b.patterns(site, &f.patterns);
+                let Some((entry, params, id)) = b.prepare(site, PluginKind::Filter, &f.node) else {
+                    continue;
+                };
+                let AnyFactory::Filter(factory) = &entry.factory else {
+                    continue;
+                };
+                match factory(&params, &b.ctx(&id)) {
+                    Ok(filter) => {
+                        let id: Arc<str> = id.into();
+                        metrics.node(&id, PluginKind::Filter);
+                        filters.push(FilterNode { id, filter });
+                        filter_sets.push(set);
+                    }
+                    Err(e) => b.errors.push(SpecError::error(
+                        site,
+                        e.param.map_or(Focus::Block, Focus::Param),
+                        e.message,
+                    )),
+                }
+            }
+            let mut match_sets = Vec::new();
+            let mut match_outputs = Vec::new();
+            for (index, m) in fs.matches.iter().enumerate() {
+                let site = Site::Match { label, index };
+                let set = b.patterns(site, &m.patterns);
+                if m.outputs.is_empty() {
+                    b.err(
+                        site,
+                        Focus::Block,
+                        "a match block needs at least one output",
+                    );
+                }
+                let mut outs = Vec::new();
+                for (output, node) in m.outputs.iter().enumerate() {
+                    let site = Site::Output {
+                        label,
+                        index,
+                        output,
+                    };
+                    let Some((entry, params, id)) = b.prepare(site, PluginKind::Output, node)
+                    else {
+                        continue;
+                    };
+                    let settings = match DeliverySettings::from_params(&params) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            b.errors.push(SpecError::error(
+                                site,
+                                e.param.map_or(Focus::Block, Focus::Param),
+                                e.message,
+                            ));
+                            continue;
+                        }
+                    };
+                    let kind = match &entry.factory {
+                        AnyFactory::Output(factory) => match factory(&params, &b.ctx(&id)) {
+                            Ok(o) => OutputKind::Plugin(o),
+                            Err(e) => {
+                                b.errors.push(SpecError::error(
+                                    site,
+                                    e.param.map_or(Focus::Block, Focus::Param),
+                                    e.message,
+                                ));
+                                continue;
+                            }
+                        },
+                        AnyFactory::Builtin => {
+                            let name = params
+                                .opt_str("label")
+                                .ok()
+                                .flatten()
+                                .unwrap_or_default()
+                                .to_string();
+                            let Some(target) = flow_of_label(&mut b, site, &name) else {
+                                continue;
+                            };
+                            OutputKind::Relabel(target)
+                        }
+                        _ => continue,
+                    };
+                    let idx = outputs.len();
+                    if let OutputKind::Relabel(target) = kind {
+                        relabel_targets.push((idx, target));
+                    }
+                    let id: Arc<str> = id.into();
+                    let node_metrics = metrics.node(&id, PluginKind::Output);
+                    let (tx, rx) = mpsc::channel(settings.queue_batches);
+                    senders.push(OutputSlot {
+                        id: id.clone(),
+                        tx,
+                        metrics: node_metrics,
+                    });
+                    outputs.push(BuiltOutput {
+                        id,
+                        kind,
+                        settings,
+                        rx,
+                        flow: flow_idx,
+                    });
+                    outs.push(idx);
+                }
+                match_sets.push(set);
+                match_outputs.push(Arc::from(outs));
+            }
+            let matches = MatchTable::new(match_sets);
+            for (shadowed, by) in matches.shadowed() {
+                warnings.push(SpecError {
+                    severity: Severity::Warning,
+                    site: Site::Match { label, index: shadowed },
+                    focus: Focus::Block,
+                    message: format!(
+                        "this match block never receives events: the earlier block with {} catches every tag it would",
+                        matches.sets()[by]
+                    ),
+                    notes: vec!["match blocks are tried in file order and the first that matches wins".into()],
+                });
+            }
+            flows.push(Flow {
+                name: label.map(|i| spec.labels[i].name.clone()),
+                filters,
+                filter_table: MatchTable::new(filter_sets),
+                matches,
+                match_outputs,
+            });
+        }
+
+        if !b.errors.is_empty() {
+            return Err(b.errors);
+        }
+
+        // Which outputs can feed which: relabel → that label's outputs; any
+        // output outside `errors` → the outputs of `errors`.
+        for &(from, target) in &relabel_targets {
+            for (to, o) in outputs.iter().enumerate() {
+                if o.flow == target {
+                    feeds.push((from, to));
+                }
+            }
+        }
+        if let Some(ef) = errors_flow {
+            for (from, o) in outputs.iter().enumerate() {
+                if o.flow != ef {
+                    for (to, t) in outputs.iter().enumerate() {
+                        if t.flow == ef {
+                            feeds.push((from, to));
+                        }
+                    }
+                }
+            }
+        }
+        let close_order = match topo_order(outputs.len(), &feeds) {
+            Ok(order) => order,
+            Err(cycle) => {
+                let names: Vec<&str> = cycle.iter().map(|&i| &*outputs[i].id).collect();
+                return Err(vec![SpecError::error(
+                    Site::Pipeline,
+                    Focus::Block,
+                    format!(
+                        "events could loop forever: {} → {}",
+                        names.join(" → "),
+                        names[0]
+                    ),
+                )]);
+            }
+        };
+
+        let shared = Arc::new(Shared {
+            flows,
+            outputs: senders,
+            errors_flow,
+            metrics,
+            unmatched_seen: Mutex::new(HashSet::new()),
+        });
+        let ids = NodeIds { ids: b.ids };
+        Ok((
+            Pipeline {
+                shared,
+                inputs,
+                outputs,
+                close_order,
+                warnings,
+                options,
+            },
+            ids,
+        ))
+    }
+
+    /// Things that work but are probably not meant (shadowed match blocks).
+    pub fn warnings(&self) -> &[SpecError] {
+        &self.warnings
+    }
+
+    /// Starts every node on the current Tokio runtime.
+    pub fn start(self) -> Running {
+        let shutdown = CancellationToken::new();
+        let shared = self.shared.clone();
+        let emitter_for = |flow: usize, source: Option<Arc<NodeMetrics>>| Emitter {
+            shared: shared.clone(),
+            flow,
+            caches: HashMap::new(),
+            source,
+        };
+
+        let mut output_tasks = Vec::new();
+        for (idx, o) in self.outputs.into_iter().enumerate() {
+            let errors = ErrorsRoute {
+                emitter: emitter_for(o.flow, None),
+                from_flow: o.flow,
+            };
+            let metrics = shared.outputs[idx].metrics.clone();
+            let task = match o.kind {
+                OutputKind::Plugin(output) => tokio::spawn(run_output(
+                    o.id.clone(),
+                    output,
+                    o.rx,
+                    o.settings,
+                    errors,
+                    metrics,
+                )),
+                OutputKind::Relabel(flow) => {
+                    let relabel = Box::new(RelabelOutput {
+                        emitter: emitter_for(flow, None),
+                    });
+                    tokio::spawn(run_output(
+                        o.id.clone(),
+                        relabel,
+                        o.rx,
+                        o.settings,
+                        errors,
+                        metrics,
+                    ))
+                }
+            };
+            output_tasks.push(Some(task));
+        }
+
+        let mut input_tasks = Vec::new();
+        for i in self.inputs {
+            let source = shared
+                .metrics
+                .nodes
+                .iter()
+                .find(|(id, kind, _)| *id == i.id && *kind == PluginKind::Input)
+                .map(|(_, _, m)| m.clone());
+            let ctx = InputContext {
+                id: i.id.clone(),
+                emitter: emitter_for(i.flow, source),
+                shutdown: shutdown.child_token(),
+            };
+            let id = i.id.clone();
+            input_tasks.push(tokio::spawn(async move {
+                debug!(input = %id, "input started");
+                match i.input.run(ctx).await {
+                    Ok(()) => debug!(input = %id, "input stopped"),
+                    Err(e) => error!(input = %id, error = %e, "input failed"),
+                }
+            }));
+        }
+
+        let root = emitter_for(0, None);
+        let supervisor = tokio::spawn(supervise(
+            shared.clone(),
+            shutdown.clone(),
+            input_tasks,
+            output_tasks,
+            self.close_order,
+            self.options.shutdown_timeout,
+        ));
+        Running {
+            shared,
+            shutdown,
+            supervisor,
+            root,
+        }
+    }
+}
+
+/// Orders outputs so that every output comes after all that feed it.
+fn topo_order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
+    let mut indegree = vec![0usize; n];
+    let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &(a, b) in edges {
+        indegree[b] += 1;
+        next[a].push(b);
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).rev().collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &j in &next[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk from any node left over to name one cycle.
+    let start = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let Some(&nxt) = next[cur].iter().find(|&&j| indegree[j] > 0) else {
+            return Err(path);
+        };
+        if let Some(pos) = path.iter().position(|&p| p == nxt) {
+            return Err(path[pos..].to_vec());
+        }
+        path.push(nxt);
+        cur = nxt;
+    }
+}
+
+/// What happened during a run, returned when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Counters at the end.
+    pub metrics: MetricsSnapshot,
+    /// Events still queued when the shutdown timeout ran out.
+    pub lost: u64,
+}
+
+/// A started pipeline.
+pub struct Running {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    supervisor: JoinHandle<RunReport>,
+    root: Emitter,
+}
+
+impl Running {
+    /// An emitter into the top-level flow, for embedders that produce events
+    /// themselves.
+    pub fn emitter(&self) -> Emitter {
+        self.root.clone()
+    }
+
+    /// Current counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Begins a clean stop: inputs stop, queues drain, outputs flush.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that stops the pipeline when cancelled (wire it to signals).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the pipeline to end: after [`Running::stop`], or when every
+    /// input has finished by itself (stdin at EOF).
+    pub async fn wait(self) -> RunReport {
+        drop(self.root);
+        match self.supervisor.await {
+            Ok(report) => report,
+            Err(e) => {
+                error!(error = %e, "pipeline supervisor failed");
+                RunReport::default()
+            }
+        }
+    }
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    inputs: Vec<JoinHandle<()>>,
+    mut outputs: Vec<Option<JoinHandle<()>>>,
+    close_order: Vec<usize>,
+    timeout: Duration,
+) -> RunReport {
+    let mut inputs = inputs;
+    if !inputs.is_empty() {
+        // Run until told to stop or until every input has ended by itself.
+        let all_done = async {
+            for h in inputs.iter_mut() {
+                let _ = h.await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = all_done => { debug!("every input has finished"); }
+        }
+    } else {
+        shutdown.cancelled().await;
+    }
+    shutdown.cancel();
+    info!("stopping: inputs finish, queues drain, outputs flush");
+    let deadline = tokio::time::Instant::now() + timeout;
+    for h in inputs.iter_mut() {
+        if !h.is_finished() && tokio::time::timeout_at(deadline, &mut *h).await.is_err() {
+            warn!("an input did not stop in time; aborting it");
+            h.abort();
+        }
+    }
+    let mut lost = 0;
+    for idx in close_order {
+        let slot = &shared.outputs[idx];
+        let Some(mut task) = outputs[idx].take() else {
+            continue;
+        };
+        let closed = tokio::time::timeout_at(deadline, slot.tx.send(OutMsg::Close)).await;
+        let finished = closed.is_ok() && tokio::time::timeout_at(deadline, &mut task).await.is_ok();
+        if !finished {
+            task.abort();
+            let queued = slot
+                .metrics
+                .queued
+                .load(std::sync::atomic::Ordering::Relaxed);
+            lost += queued;
+            error!(output = %slot.id, events = queued, "output did not finish before the shutdown timeout; its queued events are lost");
+        }
+    }
+    let metrics = shared.metrics.snapshot();
+    RunReport { metrics, lost }
+}
+
+/// Where an output sends the events it rejects: the `errors` label, unless the
+/// output is itself inside it.
+struct ErrorsRoute {
+    emitter: Emitter,
+    from_flow: usize,
+}
+
+struct RelabelOutput {
+    emitter: Emitter,
+}
+
+#[async_trait::async_trait]
+impl Output for RelabelOutput {
+    async fn write(&mut self, batch: &Batch) -> Delivery {
+        match self.emitter.emit(batch.clone()).await {
+            Ok(()) => Delivery::Delivered,
+            Err(e) => Delivery::Retry(crate::plugin::PluginError::with_source("relabel", e)),
+        }
+    }
+}
+
+async fn run_output(
+    id: Arc<str>,
+    mut output: Box<dyn Output>,
+    mut rx: mpsc::Receiver<OutMsg>,
+    settings: DeliverySettings,
+    mut errors: ErrorsRoute,
+    metrics: Arc<NodeMetrics>,
+) {
+    let mut ticker = output.flush_interval().map(|d| {
+        let mut t = tokio::time::interval(d.max(Duration::from_millis(1)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let msg = match &mut ticker {
+            Some(t) => tokio::select! {
+                m = rx.recv() => m,
+                _ = t.tick() => {
+                    if let Err(e) = output.flush().await {
+                        warn!(output = %id, error = %e, "flush failed");
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match msg {
+            None | Some(OutMsg::Close) => break,
+            Some(OutMsg::Batch(batch)) => {
+                let n = batch.len();
+                NodeMetrics::add(&metrics.events_in, n);
+                deliver(&id, &mut *output, batch, &settings, &mut errors, &metrics).await;
+                NodeMetrics::sub(&metrics.queued, n);
+            }
+        }
+    }
+    if let Err(e) = output.flush().await {
+        error!(output = %id, error = %e, "final flush failed");
+    }
+    if let Err(e) = output.shutdown().await {
+        error!(output = %id, error = %e, "shutdown failed");
+    }
+    debug!(output = %id, "output stopped");
+}
+
+async fn deliver(
+    id: &Arc<str>,
+    output: &mut dyn Output,
+    batch: SharedBatch,
+    settings: &DeliverySettings,
+    errors: &mut ErrorsRoute,
+    metrics: &NodeMetrics,
+) {
+    let mut current = batch;
+    let mut attempt: u64 = 0;
+    let mut wait = settings.retry_wait;
+    loop {
+        attempt += 1;
+        let outcome = output.write(&current).await;
+        let (failed, retry): (Vec<(usize, String)>, Option<(Vec<usize>, String)>) = match outcome {
+            Delivery::Delivered => {
+                NodeMetrics::add(&metrics.events_out, current.len());
+                return;
+            }
+            Delivery::Rejected(e) => (
+                (0..current.len()).map(|i| (i, e.to_string())).collect(),
+                None,
+            ),
+            Delivery::Retry(e) => (
+                Vec::new(),
+                Some(((0..current.len()).collect(), e.to_string())),
+            ),
+            Delivery::Partial(items) => {
+                let mut failed = Vec::new();
+                let mut again = Vec::new();
+                let mut reason = String::new();
+                for it in items {
+                    if it.index >= current.len() {
+                        continue;
+                    }
+                    if it.retryable {
+                        reason = it.error.to_string();
+                        again.push(it.index);
+                    } else {
+                        failed.push((it.index, it.error.to_string()));
+                    }
+                }
+                let done = current.len() - failed.len() - again.len();
+                NodeMetrics::add(&metrics.events_out, done);
+                (failed, (!again.is_empty()).then_some((again, reason)))
+            }
+        };
+        let mut failed = failed;
+        let mut next = None;
+        if let Some((indices, reason)) = retry {
+            if settings.retry_max_attempts > 0 && attempt >= settings.retry_max_attempts {
+                warn!(output = %id, attempts = attempt, error = %reason, events = indices.len(), "giving up on a batch after its last retry");
+                failed.extend(
+                    indices
+                        .into_iter()
+                        .map(|i| (i, format!("gave up after {attempt} attempts: {reason}"))),
+                );
+            } else {
+                warn!(output = %id, attempt, error = %reason, retry_in = ?wait, events = indices.len(), "write failed; will retry");
+                NodeMetrics::add(&metrics.retries, 1);
+                next = Some(indices);
+            }
+        }
+        if !failed.is_empty() {
+            NodeMetrics::add(&metrics.events_failed, failed.len());
+            let rejects: Vec<(Tag, Rejected, Arc<str>)> = failed
+                .into_iter()
+                .map(|(i, reason)| {
+                    (
+                        current.tag.clone(),
+                        Rejected {
+                            event: current.events[i].clone(),
+                            reason,
+                        },
+                        id.clone(),
+                    )
+                })
+                .collect();
+            if errors
+                .emitter
+                .send_to_errors(rejects, errors.from_flow)
+                .await
+                .is_err()
+            {
+                error!(output = %id, "could not hand rejected events to the errors label: shutting down");
+            }
+        }
+        let Some(indices) = next else { return };
+        if indices.len() != current.len() {
+            let events = indices.iter().map(|&i| current.events[i].clone()).collect();
+            current = Arc::new(Batch::new(current.tag.clone(), events));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(settings.retry_max_wait);
+    }
+}
+
+/// Looks up a parameter value in a spec node (for tools that inspect specs).
+pub fn spec_param<'a>(node: &'a NodeSpec, name: &str) -> Option<&'a Value> {
+    node.params.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
