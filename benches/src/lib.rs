@@ -36,7 +36,7 @@ pub fn json_batch(tag: &str, n: usize) -> Batch {
 /// One apache common log line wrapped as `{"msg": ...}`, about 120 bytes.
 pub fn apache_json_line(i: usize) -> String {
     format!(
-        "{{\"msg\":\"192.168.{}.{} - - [27/Nov/2026:10:{:02}:{:02} +0000] \\\"GET /api/v1/items/{} HTTP/1.1\\\" 200 {}\"}}",
+        "{{\"msg\":\"192.168.{}.{} - frank [27/Nov/2026:10:{:02}:{:02} +0000] \\\"GET /api/v1/households/{}/readings HTTP/1.1\\\" 200 {}\"}}",
         i % 250,
         (i / 250) % 250,
         (i / 60) % 60,
