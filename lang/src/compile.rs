@@ -529,6 +529,11 @@ impl Lowerer<'_> {
     fn map_spec_error(&self, e: &SpecError, shadows: &Shadows) -> Option<Diagnostic> {
         let code = classify(e);
         let loc = self.sites.get(&e.site);
+        if code == "W-shadowed" && loc.is_some_and(|l| !l.invalid_patterns.is_empty()) {
+            // A pattern could not be interpolated: whether it is shadowed is
+            // unknown.
+            return None;
+        }
         let block_span = loc.and_then(|l| l.block.clone());
         let mut notes = e.notes.clone();
         let primary = match (&e.focus, loc) {
@@ -668,12 +673,16 @@ fn match_table(flow: &FlowSpec) -> MatchTable {
     )
 }
 
-/// Which match blocks the engine's router says can never match.
+/// Which match blocks the engine's router says can never match. Blocks with
+/// a malformed pattern are left out: they already have an error, and as an
+/// empty set they would look shadowed by anything.
 fn shadowed(spec: &PipelineSpec) -> Shadows {
     let mut out = HashMap::new();
     for (label, flow) in flows(spec) {
         for (shadowed, by) in match_table(flow).shadowed() {
-            out.insert((label, shadowed), by);
+            if PatternSet::parse(&flow.matches[shadowed].patterns).is_ok() {
+                out.insert((label, shadowed), by);
+            }
         }
     }
     out

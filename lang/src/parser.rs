@@ -330,13 +330,39 @@ fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>) -> Diagnost
     .message()
     .into_owned();
 
-    let (found, len) = found_at(text, pos);
+    let (mut found, len) = found_at(text, pos);
     let end_of_text = text.trim_end().len();
-    let (at, len) = if pos >= end_of_text {
+    let (mut at, mut len) = if pos >= end_of_text {
         (end_of_text, 0)
     } else {
         (pos, len)
     };
+    // In the middle of a construct (after `=`, after a block's type name, ...)
+    // the fault is that the line ends too early: point there rather than at
+    // whatever starts the next line.
+    const CONTINUATIONS: [Rule; 7] = [
+        Rule::value,
+        Rule::eq,
+        Rule::pattern,
+        Rule::type_name,
+        Rule::open_brace,
+        Rule::label_name,
+        Rule::path_string,
+    ];
+    let prev_end = text[..pos.min(text.len())].trim_end().len();
+    if at == pos && !rules.is_empty() && rules.iter().all(|r| CONTINUATIONS.contains(r)) {
+        let (prev_line, _) = file.line_col(prev_end);
+        let (line, _) = file.line_col(pos);
+        if line > prev_line {
+            found = if line == prev_line + 1 {
+                format!("{found} on the next line")
+            } else {
+                format!("{found} on line {line}")
+            };
+            at = prev_end;
+            len = 0;
+        }
+    }
     let mut d = Diagnostic::error(
         "E-syntax",
         Some(Span::new(file, at, at + len)),
@@ -351,8 +377,14 @@ fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>) -> Diagnost
             .map_or(0, |i| i + 1);
         let word = &before[word_start..];
         if ["input", "filter", "match", "label", "include"].contains(&word) {
-            d = d.note(format!(
-                "`{word}` starts a new block here; is a `}}` missing before it?"
+            d = Diagnostic::error(
+                "E-syntax",
+                Some(Span::new(file, word_start, before.len())),
+                format!("expected `}}` before `{word}`; the block above is still open"),
+            )
+            .note(format!(
+                "`{word}` starts a new block, so the `{{` above needs its `}}` first \
+                 (read as a parameter name, `{word}` would need `=`, but {found} follows)"
             ));
         }
     }
@@ -415,8 +447,9 @@ mod tests {
         let d = syntax("input http {\n  listen = \n}");
         assert_eq!(
             d.message,
-            "expected a value (string, number, duration, size, list, map or regex), found `}`"
+            "expected a value (string, number, duration, size, list, map or regex), found `}` on the next line"
         );
+        assert_eq!(d.line_col().unwrap(), ("t.conf".into(), 2, 11));
 
         let d = syntax("match file { }");
         assert_eq!(
@@ -464,8 +497,11 @@ mod tests {
     #[test]
     fn missing_brace_before_next_block_is_explained() {
         let d = syntax("input http {\n  a = 1\n\nmatch \"**\" null { }\n");
-        assert_eq!(d.line_col().unwrap().1, 4);
-        assert!(d.notes[0].contains("is a `}` missing"), "{:?}", d.notes);
+        assert_eq!(d.line_col().unwrap(), ("t.conf".into(), 4, 1));
+        assert_eq!(
+            d.message,
+            "expected `}` before `match`; the block above is still open"
+        );
     }
 
     #[test]
