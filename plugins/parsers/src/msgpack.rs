@@ -21,14 +21,21 @@ pub fn to_json(v: rmpv::Value) -> Value {
             .unwrap_or(Value::Null),
         M::F32(f) => Number::from_f64(f64::from(f)).map_or(Value::Null, Value::Number),
         M::F64(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        M::String(s) => Value::String(match s.into_str() {
-            Some(s) => s,
-            None => String::new(),
-        }),
+        M::String(s) => Value::String(utf8_lossy(s)),
         M::Binary(b) => Value::String(String::from_utf8_lossy(&b).into_owned()),
         M::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
         M::Map(entries) => Value::Object(to_map(entries)),
         M::Ext(_, bytes) => Value::Array(bytes.into_iter().map(Value::from).collect()),
+    }
+}
+
+/// A msgpack string as text; invalid UTF-8 is kept as U+FFFD rather than
+/// lost.
+fn utf8_lossy(s: rmpv::Utf8String) -> String {
+    if s.is_str() {
+        s.into_str().unwrap_or_default()
+    } else {
+        String::from_utf8_lossy(&s.into_bytes()).into_owned()
     }
 }
 
@@ -38,7 +45,7 @@ pub fn to_map(entries: Vec<(rmpv::Value, rmpv::Value)>) -> Map<String, Value> {
         .into_iter()
         .map(|(k, v)| {
             let key = match k {
-                rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
+                rmpv::Value::String(s) => utf8_lossy(s),
                 rmpv::Value::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
                 other => other.to_string(),
             };
@@ -94,8 +101,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn invalid_utf8_strings_are_kept_lossily() {
+        // fixstr of 3 bytes, the middle one invalid.
+        let v = rmpv::decode::read_value(&mut &[0xa3, b'a', 0xff, b'b'][..]).unwrap();
+        assert_eq!(to_json(v), json!("a\u{fffd}b"));
+    }
+
+    #[test]
     fn round_trips_json_values() {
-        let v = json!({"a": 1, "b": [true, null, "x", -5, 1.5], "c": {"d": 18446744073709551615u64}});
+        let v =
+            json!({"a": 1, "b": [true, null, "x", -5, 1.5], "c": {"d": 18446744073709551615u64}});
         let mut buf = Vec::new();
         write_json(&mut buf, &v);
         let back = rmpv::decode::read_value(&mut &buf[..]).unwrap();
