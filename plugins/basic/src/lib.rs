@@ -1,5 +1,37 @@
-//! (in progress)
+//! ulog's basic plugins: the ones every installation needs and that depend on
+//! nothing but the local machine.
+//!
+//! | kind   | name     | for                                              |
+//! |--------|----------|--------------------------------------------------|
+//! | input  | `stdin`  | shell pipes and one-shot imports                 |
+//! | input  | `dummy`  | quickstart, testing routes, benchmarks           |
+//! | filter | `record` | renaming, setting, removing and keeping fields   |
+//! | output | `stdout` | trying routes out, debugging                     |
+//! | output | `file`   | local files split by tag and time                |
+//! | output | `null`   | dropping a tag on purpose, measuring             |
+//!
+//! Each plugin lives in its own module named like fluentd's (`in_stdin`,
+//! `out_file`, ...) and exposes its `spec()` (parameters, defaults and
+//! descriptions, which drive validation and the docs) and a `register`
+//! function; [`register`] adds them all.
+#![deny(missing_docs)]
+
+pub mod encode;
+pub mod filter_record;
+pub mod in_dummy;
+pub mod in_stdin;
+pub mod out_file;
+pub mod out_null;
+pub mod out_stdout;
+
 use ulog_engine::Registry;
 
-/// Registers this crate's plugins.
-pub fn register(_registry: &mut Registry) {}
+/// Registers every plugin of this crate.
+pub fn register(registry: &mut Registry) {
+    in_stdin::register(registry);
+    in_dummy::register(registry);
+    filter_record::register(registry);
+    out_stdout::register(registry);
+    out_file::register(registry);
+    out_null::register(registry);
+}

@@ -1,0 +1,315 @@
+//! `input stdin`: one event per line of standard input.
+//!
+//! For shell pipes (`tail -F app.log | ulog run routes.ulog`) and one-shot
+//! imports. Each read (up to 64 KiB) becomes one batch, so routing and output
+//! work is per chunk, not per line; with the default `json` format every line
+//! is kept as its validated text and written out untouched.
+//!
+//! Lines that do not parse are never dropped silently: each is counted, the
+//! first few are logged with their line number and the parser's message, a
+//! total is logged at the end, and with `on_error = "keep"` the line is kept
+//! as `{"message": <line>}`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value as Json;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tracing::{debug, warn};
+use ulog_engine::{
+    async_trait, Batch, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag,
+};
+use ulog_parsers::Parser;
+
+/// Bytes asked for per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bad lines logged one by one before only counting.
+const BAD_LINES_LOGGED: u64 = 10;
+
+/// The plugin's documentation and parameters.
+pub fn spec() -> PluginSpec {
+    let mut spec = PluginSpec::new(
+        PluginKind::Input,
+        "stdin",
+        "Reads standard input line by line, one event per line, until end of input \
+         (then the input ends, and ulog stops once every input has ended).",
+    )
+    .param(ParamSpec::required(
+        "tag",
+        ParamKind::Str,
+        "The tag of the events read.",
+    ))
+    .param(ParamSpec::with_default(
+        "on_error",
+        ParamKind::OneOf(&["log", "keep"]),
+        "log",
+        "What happens to a line the format cannot parse: `log` counts it and logs the first \
+         ones (line number and reason), dropping it; `keep` does the same and also emits it \
+         as {\"message\": <line>}.",
+    ))
+    .param(ParamSpec::with_default(
+        "max_line_size",
+        ParamKind::Size,
+        ulog_engine::Value::Size(1 << 20),
+        "Longest line accepted; a longer one is logged with its line number and skipped.",
+    ));
+    for p in ulog_parsers::format_params("json") {
+        spec = spec.param(p);
+    }
+    spec
+}
+
+/// Registers `input stdin`.
+pub fn register(registry: &mut Registry) {
+    registry.add_input(spec(), |params: &Params, _: &BuildContext| {
+        Ok(Box::new(StdinInput::from_params(params)?) as Box<dyn Input>)
+    });
+}
+
+/// The standard-input reader, configured.
+pub struct StdinInput {
+    lines: LineReader,
+}
+
+impl StdinInput {
+    /// Builds the input from its validated parameters.
+    ///
+    /// # Errors
+    /// An invalid tag or format option.
+    pub fn from_params(params: &Params) -> Result<Self, BuildError> {
+        let tag =
+            Tag::parse(params.str("tag")?).map_err(|e| BuildError::param("tag", e.to_string()))?;
+        let max = params.size("max_line_size")?;
+        if max == 0 {
+            return Err(BuildError::param(
+                "max_line_size",
+                "must be at least 1 byte",
+            ));
+        }
+        Ok(Self {
+            lines: LineReader {
+                tag,
+                parser: ulog_parsers::build_parser(params)?,
+                keep_bad: params.str("on_error")? == "keep",
+                max_line: usize::try_from(max).unwrap_or(usize::MAX),
+                line_no: 0,
+                bad: 0,
+                discarding: false,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Input for StdinInput {
+    async fn run(self: Box<Self>, ctx: InputContext) -> Result<(), PluginError> {
+        let mut lines = self.lines;
+        let result = lines
+            .read_all(tokio::io::stdin(), ctx.emitter, &ctx.shutdown)
+            .await;
+        debug!(input = %ctx.id, lines = lines.line_no, "stdin input stopped");
+        result
+    }
+}
+
+/// Splits a byte stream into lines, parses them and emits one batch per read.
+/// Separate from the stdin handle so any reader can drive it.
+pub struct LineReader {
+    tag: Tag,
+    parser: Arc<dyn Parser>,
+    keep_bad: bool,
+    max_line: usize,
+    line_no: u64,
+    bad: u64,
+    /// Inside a line longer than `max_line`: skip to its end.
+    discarding: bool,
+}
+
+impl LineReader {
+    /// Reads `reader` to its end (or until `shutdown`), emitting a batch per
+    /// read. Returns `Ok` at end of input or when the pipeline stops.
+    ///
+    /// # Errors
+    /// A read error of the underlying stream.
+    pub async fn read_all<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        mut emitter: Emitter,
+        shutdown: &ulog_engine::CancellationToken,
+    ) -> Result<(), PluginError> {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut scanned = 0;
+        let result = loop {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            let n = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                r = reader.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(PluginError::with_source("reading standard input", e)),
+                },
+            };
+            let mut events = Vec::new();
+            if n == 0 {
+                // End of input: a last line without a newline still counts.
+                if !buf.is_empty() && !self.discarding {
+                    self.line(buf.split().freeze(), EventTime::now(), &mut events);
+                }
+                self.emit(&mut emitter, events).await;
+                break Ok(());
+            }
+            let now = EventTime::now();
+            match memchr::memrchr(b'\n', &buf[scanned..]) {
+                Some(i) => {
+                    let complete = buf.split_to(scanned + i + 1).freeze();
+                    scanned = 0;
+                    self.lines(complete, now, &mut events);
+                }
+                None => scanned = buf.len(),
+            }
+            if buf.len() > self.max_line {
+                if !self.discarding {
+                    self.line_no += 1;
+                    self.bad += 1;
+                    warn!(tag = %self.tag, line = self.line_no, max_line_size = self.max_line,
+                        "line longer than max_line_size; skipped");
+                }
+                self.discarding = true;
+                buf.clear();
+                scanned = 0;
+            }
+            if !self.emit(&mut emitter, events).await {
+                break Ok(());
+            }
+        };
+        if self.bad > 0 {
+            warn!(tag = %self.tag, bad_lines = self.bad, lines = self.line_no,
+                kept = self.keep_bad, "lines that could not be parsed");
+        }
+        result
+    }
+
+    /// Sends the events of one read; false when the pipeline no longer takes
+    /// events.
+    async fn emit(&self, emitter: &mut Emitter, events: Vec<Event>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let n = events.len();
+        match emitter.emit(Batch::new(self.tag.clone(), events)).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(tag = %self.tag, events = n, error = %e, "events read from stdin were not accepted");
+                false
+            }
+        }
+    }
+
+    /// Handles every complete line in `chunk` (which ends with a newline).
+    fn lines(&mut self, chunk: Bytes, now: EventTime, events: &mut Vec<Event>) {
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', &chunk) {
+            let line = chunk.slice(start..end);
+            start = end + 1;
+            if self.discarding {
+                // The rest of an over-long line.
+                self.discarding = false;
+                continue;
+            }
+            self.line(line, now, events);
+        }
+    }
+
+    /// Parses one line (without its `\n`).
+    fn line(&mut self, mut line: Bytes, now: EventTime, events: &mut Vec<Event>) {
+        self.line_no += 1;
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        if line.len() > self.max_line {
+            self.bad += 1;
+            warn!(tag = %self.tag, line = self.line_no, max_line_size = self.max_line,
+                "line longer than max_line_size; skipped");
+            return;
+        }
+        match self.parser.parse(line.clone()) {
+            Ok(parsed) => events.push(Event::new(parsed.time.unwrap_or(now), parsed.record)),
+            Err(e) => {
+                self.bad += 1;
+                if self.bad <= BAD_LINES_LOGGED {
+                    warn!(tag = %self.tag, line = self.line_no, error = %e,
+                        "line could not be parsed{}",
+                        if self.keep_bad { "; kept as `message`" } else { "; dropped" });
+                    if self.bad == BAD_LINES_LOGGED {
+                        warn!(tag = %self.tag, "further bad lines are only counted");
+                    }
+                }
+                if self.keep_bad {
+                    let mut record = Record::new();
+                    record.insert(
+                        "message",
+                        Json::String(String::from_utf8_lossy(&line).into_owned()),
+                    );
+                    events.push(Event::new(now, record));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(keep: bool, max_line: usize) -> LineReader {
+        let params = spec().validate(&[("tag".into(), "t".into())]).unwrap();
+        LineReader {
+            tag: Tag::new_unchecked("t"),
+            parser: ulog_parsers::build_parser(&params).unwrap(),
+            keep_bad: keep,
+            max_line,
+            line_no: 0,
+            bad: 0,
+            discarding: false,
+        }
+    }
+
+    #[test]
+    fn good_lines_stay_raw_bad_lines_are_counted() {
+        let mut r = reader(false, 1024);
+        let mut events = Vec::new();
+        r.lines(
+            Bytes::from_static(b"{\"a\":1}\r\n\n{broken\n{\"b\":2}\n"),
+            EventTime::from_unix_nanos(7),
+            &mut events,
+        );
+        assert_eq!(r.line_no, 4);
+        assert_eq!(r.bad, 1);
+        let texts: Vec<String> = events.iter().map(|e| e.record.to_json_string()).collect();
+        assert_eq!(texts, [r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert!(events.iter().all(|e| matches!(e.record, Record::Raw(_))));
+    }
+
+    #[test]
+    fn keep_turns_bad_lines_into_messages() {
+        let mut r = reader(true, 1024);
+        let mut events = Vec::new();
+        r.lines(
+            Bytes::from_static(b"not json\n"),
+            EventTime::now(),
+            &mut events,
+        );
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].record.to_json_string(),
+            r#"{"message":"not json"}"#
+        );
+        assert_eq!(r.bad, 1);
+    }
+}
