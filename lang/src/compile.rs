@@ -604,6 +604,16 @@ impl Lowerer<'_> {
                 }
             }
         }
+        if let (Site::Label(i), true) = (e.site, e.message.contains("defined twice")) {
+            let name = &self.spec.labels[i].name;
+            let first = self.spec.labels[..i].iter().position(|l| &l.name == name);
+            if let Some(span) = first
+                .and_then(|j| self.sites.get(&Site::Label(j)))
+                .and_then(|l| l.block.as_ref())
+            {
+                notes.push(format!("first defined at {}", span.location()));
+            }
+        }
         if code == "E-cycle" && primary.is_none() {
             let (span, extra) = self.locate_cycle(&e.message);
             primary = span;

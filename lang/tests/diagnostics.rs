@@ -444,3 +444,27 @@ fn every_case_is_covered() {
         }
     }
 }
+
+#[test]
+fn duplicate_label() {
+    let (d, _) = expect(
+        "duplicate_label",
+        "E-label",
+        (&conf("duplicate_label"), 4, 7),
+        "label `errors` is defined twice",
+    );
+    assert_eq!(
+        d.notes,
+        vec![format!("first defined at {DIR}/duplicate_label.conf:1:7")]
+    );
+}
+
+#[test]
+fn copy_in_a_filter() {
+    expect(
+        "copy_in_filter",
+        "E-copy",
+        (&conf("copy_in_filter"), 1, 13),
+        "belongs in a `match` block",
+    );
+}
