@@ -54,6 +54,13 @@ pub fn strftime_uses_subsec(items: &[Item<'_>]) -> bool {
     })
 }
 
+/// Seconds since the epoch as a float, computed from the whole seconds and
+/// the fraction separately: `nanos as f64 / 1e9` loses the last digits
+/// (1700000000.25 would print as 1700000000.2499998).
+pub fn secs_f64(time: EventTime) -> f64 {
+    time.secs() as f64 + f64::from(time.subsec_nanos()) / 1e9
+}
+
 /// An [`EventTime`] as a chrono UTC time (the epoch if out of chrono's range).
 pub fn to_datetime(time: EventTime) -> DateTime<Utc> {
     DateTime::from_timestamp(time.secs(), time.subsec_nanos()).unwrap_or_default()
@@ -135,9 +142,7 @@ impl ExtraFields {
     /// The time rendered as `time_key` would write it.
     pub fn time_value(&self, time: EventTime) -> Value {
         match &self.time_format {
-            None => {
-                serde_json::Number::from_f64(time.as_secs_f64()).map_or(Value::Null, Value::Number)
-            }
+            None => serde_json::Number::from_f64(secs_f64(time)).map_or(Value::Null, Value::Number),
             Some(items) => Value::String(
                 to_datetime(time)
                     .format_with_items(items.iter())

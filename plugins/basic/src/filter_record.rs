@@ -161,7 +161,9 @@ impl Template {
                     };
                     tag_parts.get(idx).map(|s| Json::String((*s).to_string()))
                 }
-                Part::Time => serde_json::Number::from_f64(time.as_secs_f64()).map(Json::Number),
+                Part::Time => {
+                    serde_json::Number::from_f64(crate::encode::secs_f64(time)).map(Json::Number)
+                }
                 Part::Field(path) => lookup(record, path).cloned(),
             }
         };
