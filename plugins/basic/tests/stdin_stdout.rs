@@ -57,7 +57,7 @@ fn child_pipeline() {
             input.events_out, report.lost
         );
     });
-    print!("{END}\n");
+    println!("{END}");
 }
 
 const BEGIN: &str = "--- child output begins ---";

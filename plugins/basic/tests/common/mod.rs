@@ -12,9 +12,12 @@ use ulog_engine::{
     Params, Pipeline, PluginKind, PluginSpec, Registry, Running,
 };
 
+/// Captured events with their tags, by capture name.
+type Store = HashMap<String, Vec<(String, Event)>>;
+
 /// What the `capture` outputs received, by their `name` parameter.
 #[derive(Clone, Default)]
-pub struct Captures(Arc<Mutex<HashMap<String, Vec<(String, Event)>>>>);
+pub struct Captures(Arc<Mutex<Store>>);
 
 impl Captures {
     /// Events captured under `name`, with their tags.
