@@ -127,7 +127,7 @@ pub(crate) fn compile_source(
         registry,
         BuildOptions {
             base_dir: base_dir.clone(),
-            ..Default::default()
+            shutdown_timeout: options.shutdown_timeout,
         },
     );
     let shadows = shadowed(&l.spec);

@@ -21,8 +21,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ulog_engine::registry::Registry;
+use ulog_engine::runtime::BuildOptions;
 
 pub mod ast;
 mod compile;
@@ -43,19 +45,26 @@ pub struct Options {
     /// default reads the process environment; tests and embedders pass their
     /// own so results do not depend on the machine.
     pub env: Box<EnvLookup>,
+    /// How long the built pipeline may take to stop before queued events
+    /// are given up (passed to the engine's `BuildOptions`), so callers need
+    /// not build a second time to change it.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             env: Box::new(|name| std::env::var(name).ok()),
+            shutdown_timeout: BuildOptions::default().shutdown_timeout,
         }
     }
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options").finish_non_exhaustive()
+        f.debug_struct("Options")
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,6 +82,7 @@ impl Options {
             .collect();
         Self {
             env: Box::new(move |name| vars.get(name).cloned()),
+            ..Self::default()
         }
     }
 }

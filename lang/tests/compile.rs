@@ -425,3 +425,18 @@ fn values_are_typed_for_the_engine() {
     );
     assert_eq!(p[2].1, Value::Size(8 << 20));
 }
+
+#[test]
+fn options_default_to_the_engine_shutdown_timeout() {
+    let o = Options::default();
+    assert_eq!(
+        o.shutdown_timeout,
+        ulog_engine::BuildOptions::default().shutdown_timeout
+    );
+    let o = Options {
+        shutdown_timeout: std::time::Duration::from_secs(3),
+        ..Options::with_vars([("A", "b")])
+    };
+    assert_eq!((o.env)("A").as_deref(), Some("b"));
+    assert_eq!((o.env)("PATH"), None);
+}
