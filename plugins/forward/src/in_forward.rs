@@ -165,13 +165,15 @@ fn users(params: &Params) -> Result<Vec<(String, String)>, BuildError> {
             match (k.as_str(), v) {
                 ("username", Value::Str(s)) => user = Some(s.clone()),
                 ("password", Value::Str(s)) => pass = Some(s.clone()),
-                (k, _) => return Err(BuildError::param(
-                    "users",
-                    format!(
+                (k, _) => {
+                    return Err(BuildError::param(
+                        "users",
+                        format!(
                         "item {}: `{k}` is not a user field (username and password, both strings)",
                         i + 1
                     ),
-                )),
+                    ))
+                }
             }
         }
         match (user, pass) {
@@ -405,6 +407,10 @@ impl Input for ForwardInput {
                                     let accept = tokio::time::timeout(shared.handshake_timeout(), acceptor.accept(stream));
                                     match accept.await {
                                         Ok(Ok(tls)) => serve(Box::new(tls), peer, shared, emitter, shutdown).await,
+                                        // A port probe (connect and close) is not worth a warning.
+                                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                            debug!(input = %shared.id, peer = %peer, error = %e, "connection closed before TLS was set up")
+                                        }
                                         Ok(Err(e)) => warn!(input = %shared.id, peer = %peer, error = %e, "TLS handshake failed"),
                                         Err(_) => warn!(input = %shared.id, peer = %peer, "TLS handshake timed out"),
                                     }
@@ -510,6 +516,12 @@ async fn serve(
         match result {
             Ok(client) => {
                 debug!(input = %id, peer = %peer, client = %client, "handshake succeeded")
+            }
+            Err(handshake::HandshakeError::Io(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                debug!(input = %id, peer = %peer, "connection closed before the handshake");
+                return;
             }
             Err(e) => {
                 warn!(input = %id, peer = %peer, error = %e, "forward handshake failed; closing the connection");

@@ -499,7 +499,16 @@ impl ForwardOutput {
     async fn send_frame(&mut self, chunk: Option<&str>) -> Result<(), String> {
         let mut tried = vec![false; self.nodes.len()];
         let mut errors = Vec::new();
-        while let Some(i) = self.pick(&tried) {
+        loop {
+            let next = match self.pick(&tried) {
+                Some(i) => Some(i),
+                // Every server failed recently. The engine paces its retries
+                // with backoff, so probe the one that failed longest ago
+                // rather than wait out recover_wait.
+                None if errors.is_empty() => self.soonest_back(&tried),
+                None => None,
+            };
+            let Some(i) = next else { break };
             tried[i] = true;
             match self.send_to(i, chunk).await {
                 Ok(()) => {
@@ -522,21 +531,14 @@ impl ForwardOutput {
                 }
             }
         }
-        if errors.is_empty() {
-            let soonest = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.down_until)
-                .min()
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or_default();
-            Err(format!(
-                "no forward server available: all {} failed recently (next retry of one in {soonest:?})",
-                self.nodes.len()
-            ))
-        } else {
-            Err(errors.join("; "))
-        }
+        Err(errors.join("; "))
+    }
+
+    /// The untried server whose failure is oldest.
+    fn soonest_back(&self, tried: &[bool]) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| !tried[i])
+            .min_by_key(|&i| self.nodes[i].down_until)
     }
 
     async fn send_to(&mut self, i: usize, chunk: Option<&str>) -> Result<(), SendError> {
