@@ -50,9 +50,54 @@ pub(crate) fn parse(
             Some(File { items })
         }
         Err(e) => {
-            diags.push(syntax_error(file, e));
+            let first = syntax_error(file, e, 0);
+            let mut last_at = first.primary.as_ref().map_or(0, |s| s.start);
+            diags.push(first);
+            // Look for more syntax errors: resume at each later line that
+            // starts an item in column 1, and report what fails there. A `}`
+            // in column 1 is most likely the end of the block that failed,
+            // so it is skipped rather than reported.
+            let text = file.text();
+            let mut start = 0;
+            while let Some(next) = next_item_start(text, start, last_at) {
+                start = next;
+                let Err(e) = RoutesParser::parse(Rule::file, &text[start..]) else {
+                    break;
+                };
+                let d = syntax_error(file, e, start);
+                let at = d.primary.as_ref().map_or(start, |s| s.start);
+                let stray_close = text[at..].starts_with('}') && file.line_col(at).1 == 1;
+                if at != last_at && !stray_close {
+                    diags.push(d);
+                }
+                last_at = at.max(start);
+            }
             None
         }
+    }
+}
+
+/// The start of the first line after `start` that begins, in column 1, with
+/// an item keyword, on or after the line of `at`.
+fn next_item_start(text: &str, start: usize, at: usize) -> Option<usize> {
+    let from = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let mut line = from;
+    loop {
+        if line > start {
+            let rest = &text[line..];
+            let keyword = ["input", "filter", "match", "label", "include"]
+                .iter()
+                .any(|k| {
+                    rest.starts_with(k)
+                        && !rest[k.len()..].starts_with(|c: char| {
+                            c.is_ascii_alphanumeric() || c == '_' || c == '-'
+                        })
+                });
+            if keyword {
+                return Some(line);
+            }
+        }
+        line += text[line..].find('\n')? + 1;
     }
 }
 
@@ -264,12 +309,14 @@ impl Cx<'_, '_> {
 
 /// Turns pest's error into a diagnostic: the expected rules in words, what
 /// was found instead, and a caret under it.
-fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>) -> Diagnostic {
+/// `e` comes from parsing the file's text from byte `base` on.
+fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>, base: usize) -> Diagnostic {
     let text = file.text();
-    let pos = match e.location {
-        InputLocation::Pos(p) => p,
-        InputLocation::Span((s, _)) => s,
-    };
+    let pos = base
+        + match e.location {
+            InputLocation::Pos(p) => p,
+            InputLocation::Span((s, _)) => s,
+        };
     let positives = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => positives.clone(),
         ErrorVariant::CustomError { .. } => Vec::new(),
@@ -296,6 +343,11 @@ fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>) -> Diagnost
     }
     if rules.len() > 1 {
         rules.retain(|r| *r != Rule::comma);
+    }
+    // After a name, `=` (a parameter) is likelier meant than `{` (a block).
+    if let Some(i) = rules.iter().position(|r| *r == Rule::eq) {
+        rules.remove(i);
+        rules.insert(0, Rule::eq);
     }
     let phrase = |r: &Rule| -> String {
         match r {
@@ -434,8 +486,30 @@ mod tests {
     fn syntax(text: &str) -> Diagnostic {
         let (file, diags) = parse_text(text);
         assert!(file.is_none(), "parsed: {text}");
-        assert_eq!(diags.len(), 1);
+        assert_eq!(diags.len(), 1, "{diags:?}");
         diags.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn several_syntax_errors_in_one_file() {
+        let text = "input http listen = 1 }\n\
+                    match \"a\" file { path = }\n\
+                    match \"ok\" null { }\n\
+                    label l {\n\
+                    match \"**\" null { x }\n\
+                    }\n\
+                    match file { }\n";
+        let (file, diags) = parse_text(text);
+        assert!(file.is_none());
+        let at: Vec<(usize, usize)> = diags
+            .iter()
+            .map(|d| {
+                let (_, l, c) = d.line_col().unwrap();
+                (l, c)
+            })
+            .collect();
+        // Line 6's `}` ends the label whose body failed: not reported.
+        assert_eq!(at, [(1, 12), (2, 25), (5, 21), (7, 7)], "{diags:#?}");
     }
 
     #[test]

@@ -468,3 +468,15 @@ fn copy_in_a_filter() {
         "belongs in a `match` block",
     );
 }
+
+#[test]
+fn several_syntax_errors_in_one_file() {
+    let (_, all) = expect(
+        "syntax_several",
+        "E-syntax",
+        (&conf("syntax_several"), 6, 10),
+        "expected `=` or `{`, found `json`",
+    );
+    let lines: Vec<usize> = all.iter().map(|d| d.line_col().unwrap().1).collect();
+    assert_eq!(lines, [2, 6, 9], "{}", render_all(&all));
+}
