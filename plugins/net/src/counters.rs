@@ -140,9 +140,7 @@ mod tests {
     #[test]
     fn warns_for_the_first_few_then_only_counts() {
         let c = Counters::default();
-        let logged = (0..25)
-            .filter(|_| c.note("t", Problem::Unparsable))
-            .count() as u64;
+        let logged = (0..25).filter(|_| c.note("t", Problem::Unparsable)).count() as u64;
         assert_eq!(logged, WARN_FIRST);
         assert_eq!(c.totals(), (0, 25, 0));
         assert!(c.note("t", Problem::Oversized));

@@ -75,7 +75,11 @@ pub(crate) struct LineDecoder {
 impl LineDecoder {
     /// Reads the format, `on_error` and `message_key` parameters; `max_size`
     /// is only used in messages about oversized input.
-    pub(crate) fn from_params(id: &str, params: &Params, max_size: usize) -> Result<Self, BuildError> {
+    pub(crate) fn from_params(
+        id: &str,
+        params: &Params,
+        max_size: usize,
+    ) -> Result<Self, BuildError> {
         let parser = ulog_parsers::build_parser(params)?;
         let on_error = match params.str("on_error")? {
             "keep" => OnError::Keep,
@@ -105,7 +109,9 @@ impl LineDecoder {
         counts: &mut ConnCounts,
     ) {
         match line {
-            Line::Text { chunk, start, end } => self.line(chunk, start, end, now, peer, events, counts),
+            Line::Text { chunk, start, end } => {
+                self.line(chunk, start, end, now, peer, events, counts)
+            }
             Line::Oversized(n) => self.oversized(n, peer, counts),
         }
     }
@@ -224,8 +230,14 @@ mod tests {
         let mut events = vec![Event::new(t, raw), Event::new(t, empty), Event::new(t, map)];
         add_source(&mut events, "src", "10.0.0.1");
         assert!(matches!(events[0].record, Record::Raw(_)));
-        assert_eq!(events[0].record.to_json_string(), r#"{"a":1,"src":"10.0.0.1"}"#);
+        assert_eq!(
+            events[0].record.to_json_string(),
+            r#"{"a":1,"src":"10.0.0.1"}"#
+        );
         assert_eq!(events[1].record.to_json_string(), r#"{"src":"10.0.0.1"}"#);
-        assert_eq!(events[2].record.to_json_string(), r#"{"b":2,"src":"10.0.0.1"}"#);
+        assert_eq!(
+            events[2].record.to_json_string(),
+            r#"{"b":2,"src":"10.0.0.1"}"#
+        );
     }
 }

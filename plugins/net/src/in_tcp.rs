@@ -18,8 +18,9 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 use ulog_engine::{
-    async_trait, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext, ParamKind,
-    ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag, Value as PValue,
+    async_trait, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag,
+    Value as PValue,
 };
 
 use crate::counters::{preview, ConnCounts, Problem};
@@ -98,7 +99,10 @@ pub(crate) fn tls_paths(
     params: &Params,
     ctx: &BuildContext,
 ) -> Result<Option<(PathBuf, PathBuf)>, BuildError> {
-    match (params.opt_str("tls_cert_path")?, params.opt_str("tls_key_path")?) {
+    match (
+        params.opt_str("tls_cert_path")?,
+        params.opt_str("tls_key_path")?,
+    ) {
         (Some(c), Some(k)) => Ok(Some((ctx.resolve(c), ctx.resolve(k)))),
         (None, None) => Ok(None),
         (Some(_), None) => Err(BuildError::param(
@@ -113,7 +117,9 @@ pub(crate) fn tls_paths(
 }
 
 /// Loads a TLS acceptor from cert and key files (when the input starts).
-pub(crate) fn acceptor(paths: &Option<(PathBuf, PathBuf)>) -> Result<Option<TlsAcceptor>, PluginError> {
+pub(crate) fn acceptor(
+    paths: &Option<(PathBuf, PathBuf)>,
+) -> Result<Option<TlsAcceptor>, PluginError> {
     match paths {
         None => Ok(None),
         Some((cert, key)) => {
@@ -231,7 +237,10 @@ async fn emit(
         return true;
     }
     let n = events.len();
-    match emitter.emit(ulog_engine::Batch::new(tag.clone(), events)).await {
+    match emitter
+        .emit(ulog_engine::Batch::new(tag.clone(), events))
+        .await
+    {
         Ok(()) => {
             counts.events += n as u64;
             true
@@ -366,7 +375,10 @@ fn push_msgpack(
     let id = &c.decoder.id;
     let problem = match rmpv::decode::read_value(&mut &bytes[..]) {
         Ok(rmpv::Value::Map(entries)) => {
-            events.push(Event::new(now, Record::Map(ulog_parsers::msgpack::to_map(entries))));
+            events.push(Event::new(
+                now,
+                Record::Map(ulog_parsers::msgpack::to_map(entries)),
+            ));
             return;
         }
         Ok(other) => format!("a msgpack {} is not a record (a map)", kind_name(&other)),

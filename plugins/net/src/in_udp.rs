@@ -18,8 +18,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use tracing::{error, info, warn};
 use ulog_engine::{
-    async_trait, Batch, BuildContext, BuildError, Event, EventTime, Input, InputContext, ParamKind,
-    ParamSpec, Params, PluginError, PluginKind, PluginSpec, Registry, Tag, Value as PValue,
+    async_trait, Batch, BuildContext, BuildError, CancellationToken, Event, EventTime, Input,
+    InputContext, ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Registry, Tag,
+    Value as PValue,
 };
 
 use crate::counters::ConnCounts;
@@ -81,7 +82,8 @@ pub struct UdpInput {
 impl UdpInput {
     /// Builds the input from validated parameters (no I/O).
     pub fn from_params(params: &Params, ctx: &BuildContext) -> Result<Self, BuildError> {
-        let tag = Tag::parse(params.str("tag")?).map_err(|e| BuildError::param("tag", e.to_string()))?;
+        let tag =
+            Tag::parse(params.str("tag")?).map_err(|e| BuildError::param("tag", e.to_string()))?;
         let max_message = max_size(params, "max_message_size")?;
         Ok(Self {
             listen: params.str("listen")?.to_string(),
@@ -93,7 +95,14 @@ impl UdpInput {
     }
 
     /// Slices the datagram `dgram` into lines and decodes each.
-    fn datagram(&self, dgram: &Bytes, peer: &SocketAddr, now: EventTime, events: &mut Vec<Event>, counts: &mut ConnCounts) {
+    fn datagram(
+        &self,
+        dgram: &Bytes,
+        peer: &SocketAddr,
+        now: EventTime,
+        events: &mut Vec<Event>,
+        counts: &mut ConnCounts,
+    ) {
         let first = events.len();
         let mut start = 0;
         while start < dgram.len() {
@@ -103,13 +112,71 @@ impl UdpInput {
                 end -= 1;
             }
             if dgram[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
-                self.decoder.line(dgram, start, end, now, peer, events, counts);
+                self.decoder
+                    .line(dgram, start, end, now, peer, events, counts);
             }
             start = nl + 1;
         }
         if let Some(key) = &self.source_key {
             add_source(&mut events[first..], key, &peer.ip().to_string());
         }
+    }
+}
+
+/// Receives datagrams in bursts, slicing each out of one large buffer.
+pub(crate) struct Burst {
+    buf: BytesMut,
+    /// Free space needed before each receive: one byte more than the
+    /// maximum, so a larger datagram shows up as larger instead of being cut
+    /// silently by the kernel.
+    window: usize,
+}
+
+impl Burst {
+    /// A receiver for datagrams of up to `max_message` bytes.
+    pub(crate) fn new(max_message: usize) -> Self {
+        let window = max_message.saturating_add(1);
+        Self {
+            buf: BytesMut::with_capacity(RECV_BUF.max(window)),
+            window,
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < self.window {
+            self.buf.reserve(RECV_BUF.max(self.window));
+        }
+    }
+
+    /// Waits for a datagram, then takes those already waiting (up to
+    /// [`MAX_BURST`] in all) into `out`, and returns the receive time; `None`
+    /// once `shutdown` is cancelled. A datagram longer than the maximum comes
+    /// out longer than it, for the caller to refuse.
+    pub(crate) async fn recv(
+        &mut self,
+        socket: &UdpSocket,
+        shutdown: &CancellationToken,
+        out: &mut Vec<std::io::Result<(Bytes, SocketAddr)>>,
+    ) -> Option<EventTime> {
+        self.make_room();
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = socket.recv_buf_from(&mut self.buf) => r,
+        };
+        let now = EventTime::now();
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            out.push(r.map(|(n, peer)| (self.buf.split_to(n).freeze(), peer)));
+            if out.len() >= MAX_BURST {
+                break;
+            }
+            self.make_room();
+            match socket.try_recv_buf_from(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => next = Some(r),
+            }
+        }
+        Some(now)
     }
 }
 
@@ -124,50 +191,21 @@ impl Input for UdpInput {
             listen = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "udp input listening"
         );
-        // One byte more than the maximum, so a larger datagram is seen as
-        // larger instead of being cut silently by the kernel.
-        let window = self.max_message + 1;
-        let mut buf = BytesMut::with_capacity(RECV_BUF.max(window));
+        let mut burst = Burst::new(self.max_message);
+        let mut received = Vec::new();
         let mut counts = ConnCounts::default();
         let mut cap_hint = 16;
-        loop {
-            if buf.capacity() - buf.len() < window {
-                buf.reserve(RECV_BUF.max(window));
-            }
-            let first = tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
-                r = socket.recv_buf_from(&mut buf) => r,
-            };
-            let now = EventTime::now();
+        while let Some(now) = burst.recv(&socket, &ctx.shutdown, &mut received).await {
             let mut events = Vec::with_capacity(cap_hint);
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(received) = next.take() {
-                match received {
-                    Ok((n, peer)) => {
-                        let dgram = buf.split_to(n).freeze();
-                        if n > self.max_message {
-                            self.decoder.oversized(n, &peer, &mut counts);
-                        } else {
-                            self.datagram(&dgram, &peer, now, &mut events, &mut counts);
-                        }
+            for r in received.drain(..) {
+                match r {
+                    Ok((dgram, peer)) if dgram.len() > self.max_message => {
+                        self.decoder.oversized(dgram.len(), &peer, &mut counts)
                     }
-                    Err(e) => {
-                        // ICMP errors from earlier sends and the like; the
-                        // socket stays usable.
-                        warn!(input = %ctx.id, error = %e, "receiving a datagram failed");
+                    Ok((dgram, peer)) => {
+                        self.datagram(&dgram, &peer, now, &mut events, &mut counts)
                     }
-                }
-                taken += 1;
-                if taken >= MAX_BURST {
-                    break;
-                }
-                if buf.capacity() - buf.len() < window {
-                    buf.reserve(RECV_BUF.max(window));
-                }
-                match socket.try_recv_buf_from(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    r => next = Some(r),
+                    Err(e) => warn!(input = %ctx.id, error = %e, "receiving a datagram failed"),
                 }
             }
             cap_hint = events.len().max(16);

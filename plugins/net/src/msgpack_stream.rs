@@ -214,7 +214,10 @@ mod tests {
             if let Scan::Complete(n) = scan(&bytes, 1 << 16) {
                 assert!(n <= bytes.len());
                 // A value the scanner accepts decodes.
-                assert!(rmpv::decode::read_value(&mut &bytes[..n]).is_ok(), "{bytes:?}");
+                assert!(
+                    rmpv::decode::read_value(&mut &bytes[..n]).is_ok(),
+                    "{bytes:?}"
+                );
             }
         }
     }

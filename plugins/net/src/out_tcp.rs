@@ -31,8 +31,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 use ulog_engine::{
-    async_trait, Batch, BuildContext, BuildError, Delivery, Event, ItemFailure, Output,
-    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry,
+    async_trait, Batch, BuildContext, BuildError, Delivery, Event, ItemFailure, Output, ParamKind,
+    ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry,
 };
 
 /// The default `connect_timeout`.
@@ -187,7 +187,10 @@ pub struct TcpOutput {
 fn split_address(address: &str) -> Option<(String, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() || port == 0 {
         return None;
     }
@@ -210,13 +213,15 @@ impl TcpOutput {
                 ))
             }
             (Some(a), None) => split_address(a).ok_or_else(|| {
-                BuildError::param("address", format!("{a:?} is not \"host:port\" with a port from 1 to 65535"))
+                BuildError::param(
+                    "address",
+                    format!("{a:?} is not \"host:port\" with a port from 1 to 65535"),
+                )
             })?,
             (None, Some(p)) => {
-                let port = u16::try_from(p)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| BuildError::param("port", format!("{p} is not a port (1 to 65535)")))?;
+                let port = u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    BuildError::param("port", format!("{p} is not a port (1 to 65535)"))
+                })?;
                 (params.str("host")?.to_string(), port)
             }
         };
@@ -280,7 +285,10 @@ impl TcpOutput {
         match self.format {
             Format::Json => {
                 for e in &batch.events {
-                    let time_value = self.time_key.as_ref().map(|_| time_value(e, self.time_format));
+                    let time_value = self
+                        .time_key
+                        .as_ref()
+                        .map(|_| time_value(e, self.time_format));
                     let mut extra: Vec<(&str, &Value)> = Vec::new();
                     if let Some(k) = &self.tag_key {
                         extra.push((k, &tag_value));
@@ -295,7 +303,8 @@ impl TcpOutput {
             Format::Msgpack => {
                 for e in &batch.events {
                     let map = e.record.to_map();
-                    let extra = usize::from(self.tag_key.is_some()) + usize::from(self.time_key.is_some());
+                    let extra =
+                        usize::from(self.tag_key.is_some()) + usize::from(self.time_key.is_some());
                     let mut len = map.len() + extra;
                     // An extra field that the record already has replaces it.
                     for k in self.tag_key.iter().chain(self.time_key.iter()) {
@@ -379,8 +388,12 @@ impl TcpOutput {
         let hs = connector.connect(tls.server_name.clone(), tcp);
         let stream = tokio::time::timeout(self.connect_timeout, hs)
             .await
-            .map_err(|_| PluginError::new(format!("TLS handshake with {} timed out", self.address)))?
-            .map_err(|e| PluginError::with_source(format!("TLS handshake with {}", self.address), e))?;
+            .map_err(|_| {
+                PluginError::new(format!("TLS handshake with {} timed out", self.address))
+            })?
+            .map_err(|e| {
+                PluginError::with_source(format!("TLS handshake with {}", self.address), e)
+            })?;
         info!(output = %self.id, address = %self.address, "connected (TLS)");
         Ok(ClientStream::Tls(Box::new(stream)))
     }
@@ -396,7 +409,8 @@ fn time_value(e: &Event, f: TimeFormat) -> Value {
         TimeFormat::Unix => Value::from(e.time.secs()),
         TimeFormat::UnixMs => Value::from(e.time.unix_nanos().div_euclid(1_000_000)),
         TimeFormat::Iso8601 => {
-            let t = chrono::DateTime::from_timestamp(e.time.secs(), e.time.subsec_nanos()).unwrap_or_default();
+            let t = chrono::DateTime::from_timestamp(e.time.secs(), e.time.subsec_nanos())
+                .unwrap_or_default();
             Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         }
     }
@@ -409,7 +423,9 @@ fn field(record: &Record, key: &str) -> Option<Value> {
         Record::Map(m) => m.get(key).cloned(),
         Record::Raw(bytes) => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
-            serde::de::DeserializeSeed::deserialize(FieldSeed(key), &mut de).ok().flatten()
+            serde::de::DeserializeSeed::deserialize(FieldSeed(key), &mut de)
+                .ok()
+                .flatten()
         }
     }
 }
@@ -516,7 +532,10 @@ impl Output for TcpOutput {
         if let Some(mut conn) = self.conn.take() {
             // Close cleanly (a TLS close_notify, then FIN) so the server
             // sees the end of the stream rather than a reset.
-            if let Err(e) = tokio::time::timeout(self.write_timeout, conn.shutdown()).await.unwrap_or(Ok(())) {
+            if let Err(e) = tokio::time::timeout(self.write_timeout, conn.shutdown())
+                .await
+                .unwrap_or(Ok(()))
+            {
                 debug!(output = %self.id, error = %e, "closing the connection");
             }
         }
@@ -561,7 +580,11 @@ impl ClientStream {
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -570,7 +593,11 @@ impl AsyncRead for ClientStream {
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -617,7 +644,8 @@ mod tests {
 
     fn batch() -> Batch {
         let t = EventTime::from_secs_nanos(1_700_000_000, 5);
-        let raw = Record::from_json_bytes(Bytes::from_static(b"{\"message\":\"a b\",\"n\" : 1}")).unwrap();
+        let raw = Record::from_json_bytes(Bytes::from_static(b"{\"message\":\"a b\",\"n\" : 1}"))
+            .unwrap();
         let mut map = Record::new();
         map.insert("message", json!(42));
         let none = Record::from_json_bytes(Bytes::from_static(b"{\"x\":1}")).unwrap();
@@ -634,19 +662,38 @@ mod tests {
         assert!(output(&[("port", 70000i64.into())]).is_err());
         assert!(output(&[("address", "nohost".into())]).is_err());
         assert!(output(&[("address", "h:1".into()), ("port", 1i64.into())]).is_err());
-        assert_eq!(output(&[("address", "[::1]:99".into())]).unwrap().address, "[::1]:99");
-        assert_eq!(output(&[("port", 99i64.into()), ("host", "::1".into())]).unwrap().address, "[::1]:99");
+        assert_eq!(
+            output(&[("address", "[::1]:99".into())]).unwrap().address,
+            "[::1]:99"
+        );
+        assert_eq!(
+            output(&[("port", 99i64.into()), ("host", "::1".into())])
+                .unwrap()
+                .address,
+            "[::1]:99"
+        );
         assert!(output(&[("port", 1i64.into()), ("tls_ca_path", "x".into())]).is_err());
     }
 
     #[test]
     fn json_keeps_raw_bytes_and_adds_tag_and_time() {
-        let mut o = output(&[("port", 1i64.into()), ("tag_key", "tag".into()), ("time_key", "t".into())]).unwrap();
+        let mut o = output(&[
+            ("port", 1i64.into()),
+            ("tag_key", "tag".into()),
+            ("time_key", "t".into()),
+        ])
+        .unwrap();
         assert!(o.encode(&batch()).is_empty());
         let text = String::from_utf8(o.buf.clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], r#"{"message":"a b","n" : 1,"tag":"app.web","t":1700000000.0}"#);
-        assert_eq!(lines[1], r#"{"message":42,"tag":"app.web","t":1700000000.0}"#);
+        assert_eq!(
+            lines[0],
+            r#"{"message":"a b","n" : 1,"tag":"app.web","t":1700000000.0}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"message":42,"tag":"app.web","t":1700000000.0}"#
+        );
         assert_eq!(lines.len(), 3);
         let mut plain = output(&[("port", 1i64.into())]).unwrap();
         plain.encode(&batch());
@@ -655,16 +702,33 @@ mod tests {
 
     #[test]
     fn time_formats() {
-        let e = Event::new(EventTime::from_secs_nanos(1_700_000_000, 123_000_000), Record::new());
+        let e = Event::new(
+            EventTime::from_secs_nanos(1_700_000_000, 123_000_000),
+            Record::new(),
+        );
         assert_eq!(time_value(&e, TimeFormat::Unix), json!(1_700_000_000));
-        assert_eq!(time_value(&e, TimeFormat::UnixMs), json!(1_700_000_000_123i64));
-        assert_eq!(time_value(&e, TimeFormat::Iso8601), json!("2023-11-14T22:13:20.123Z"));
-        assert_eq!(time_value(&e, TimeFormat::Float).as_f64(), Some(1_700_000_000.123));
+        assert_eq!(
+            time_value(&e, TimeFormat::UnixMs),
+            json!(1_700_000_000_123i64)
+        );
+        assert_eq!(
+            time_value(&e, TimeFormat::Iso8601),
+            json!("2023-11-14T22:13:20.123Z")
+        );
+        assert_eq!(
+            time_value(&e, TimeFormat::Float).as_f64(),
+            Some(1_700_000_000.123)
+        );
     }
 
     #[test]
     fn msgpack_maps_with_extra_fields() {
-        let mut o = output(&[("port", 1i64.into()), ("format", "msgpack".into()), ("tag_key", "n".into())]).unwrap();
+        let mut o = output(&[
+            ("port", 1i64.into()),
+            ("format", "msgpack".into()),
+            ("tag_key", "n".into()),
+        ])
+        .unwrap();
         o.encode(&batch());
         let mut rd = &o.buf[..];
         let first = ulog_parsers::msgpack::to_json(rmpv::decode::read_value(&mut rd).unwrap());
@@ -688,7 +752,9 @@ mod tests {
 
     #[test]
     fn field_extraction_skips_other_values() {
-        let r = Record::Raw(Bytes::from_static(br#"{"a":{"message":"no"},"message":"ye\"s","z":[1,{"q":2}]}"#));
+        let r = Record::Raw(Bytes::from_static(
+            br#"{"a":{"message":"no"},"message":"ye\"s","z":[1,{"q":2}]}"#,
+        ));
         assert_eq!(field(&r, "message"), Some(json!("ye\"s")));
         assert_eq!(field(&r, "nope"), None);
         let escaped = Record::Raw(Bytes::from_static(br#"{"mess\u0061ge":"esc"}"#));

@@ -132,7 +132,8 @@ pub fn client_config(ca_path: Option<&Path>, verify: bool) -> Result<Arc<ClientC
 /// The name a client checks the server certificate against: a DNS name or an
 /// IP address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_string()).map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))
+    ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))
 }
 
 /// Accepts any certificate (for `tls_verify = false`), still verifying the
@@ -197,7 +198,10 @@ mod tests {
         assert!(e.to_string().contains("nope.pem"), "{e}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not pem\n").unwrap();
-        assert!(matches!(load_certs(&empty), Err(TlsError::NoCertificate(_))));
+        assert!(matches!(
+            load_certs(&empty),
+            Err(TlsError::NoCertificate(_))
+        ));
         assert!(matches!(load_key(&empty), Err(TlsError::NoKey(_))));
         assert!(client_config(Some(&empty), true).is_err());
         assert!(client_config(None, false).is_ok());

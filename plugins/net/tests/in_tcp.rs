@@ -76,8 +76,16 @@ async fn one_read_becomes_one_batch() {
     sink.wait_for(2000).await;
     let batches = sink.batches();
     // ~20 KB arrive in a handful of reads, not one batch per line.
-    assert!(batches.len() <= 20, "{} batches for 2000 lines", batches.len());
-    let got: Vec<i64> = sink.json().iter().map(|v| v["i"].as_i64().unwrap()).collect();
+    assert!(
+        batches.len() <= 20,
+        "{} batches for 2000 lines",
+        batches.len()
+    );
+    let got: Vec<i64> = sink
+        .json()
+        .iter()
+        .map(|v| v["i"].as_i64().unwrap())
+        .collect();
     assert_eq!(got, (0..2000).collect::<Vec<_>>());
     stop(running).await;
 }
@@ -112,7 +120,10 @@ async fn oversized_line_is_skipped_counted_and_the_stream_resyncs() {
     let text = logs
         .wait_for("connection closed by the client; some lines could not become events")
         .await;
-    assert_eq!(sink.json(), [json!({"n":1}), json!({"n":2}), json!({"n":3})]);
+    assert_eq!(
+        sink.json(),
+        [json!({"n":1}), json!({"n":2}), json!({"n":3})]
+    );
     assert!(
         text.contains("input longer than the maximum size; skipped"),
         "{text}"
@@ -120,7 +131,8 @@ async fn oversized_line_is_skipped_counted_and_the_stream_resyncs() {
     assert!(text.contains("oversized=2"), "{text}");
     stop(running).await;
     assert!(
-        logs.text().contains("input stopped; some input could not become events"),
+        logs.text()
+            .contains("input stopped; some input could not become events"),
         "the totals are logged at stop"
     );
 }
@@ -145,7 +157,10 @@ async fn malformed_json_is_logged_and_skipped_by_default() {
     let text = logs.wait_for("unparsable=3").await;
     assert_eq!(sink.json(), [json!({"ok":1}), json!({"ok":2})]);
     assert!(text.contains("line could not be parsed; skipped"), "{text}");
-    assert!(text.contains("not json at all"), "the line is shown: {text}");
+    assert!(
+        text.contains("not json at all"),
+        "the line is shown: {text}"
+    );
     stop(running).await;
 }
 
@@ -160,7 +175,9 @@ async fn malformed_json_is_kept_as_message_with_on_error_keep() {
         None,
     );
     let mut c = connect(port).await;
-    c.write_all(b"{\"ok\":1}\n{\"broken\":\r\nplain text\n").await.unwrap();
+    c.write_all(b"{\"ok\":1}\n{\"broken\":\r\nplain text\n")
+        .await
+        .unwrap();
     drop(c);
     sink.wait_for(3).await;
     assert_eq!(
@@ -213,10 +230,7 @@ async fn source_address_key_adds_the_client_ip() {
     sink.wait_for(2).await;
     assert_eq!(
         sink.json(),
-        [
-            json!({"a":1,"src":"127.0.0.1"}),
-            json!({"src":"127.0.0.1"})
-        ]
+        [json!({"a":1,"src":"127.0.0.1"}), json!({"src":"127.0.0.1"})]
     );
     stop(running).await;
 }
@@ -256,12 +270,19 @@ async fn many_concurrent_connections() {
     let mut next = vec![0i64; CONNS];
     for v in sink.json() {
         let c = v["c"].as_u64().unwrap() as usize;
-        assert_eq!(v["i"].as_i64().unwrap(), next[c], "connection {c} out of order");
+        assert_eq!(
+            v["i"].as_i64().unwrap(),
+            next[c],
+            "connection {c} out of order"
+        );
         next[c] += 1;
     }
     assert!(next.iter().all(|&n| n == LINES as i64));
     let report = stop(running).await;
-    assert_eq!(report.metrics.node("in").unwrap().events_out, (CONNS * LINES) as u64);
+    assert_eq!(
+        report.metrics.node("in").unwrap().events_out,
+        (CONNS * LINES) as u64
+    );
 }
 
 #[tokio::test]
@@ -284,7 +305,9 @@ async fn shutdown_emits_what_was_already_read() {
     assert_eq!(report.lost, 0);
     // And the connection is closed.
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(TIMEOUT, c.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(TIMEOUT, c.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
@@ -341,20 +364,28 @@ async fn msgpack_garbage_closes_only_that_connection() {
     );
     let mut bad = connect(port).await;
     let mut good = connect(port).await;
-    good.write_all(&msgpack_map(&json!({"good": 1}))).await.unwrap();
+    good.write_all(&msgpack_map(&json!({"good": 1})))
+        .await
+        .unwrap();
     let mut junk = msgpack_map(&json!({"bad": 1}));
     junk.extend_from_slice(&[0xc1, 0x00, 0x01]);
     junk.extend_from_slice(&msgpack_map(&json!({"bad": 2})));
     bad.write_all(&junk).await.unwrap();
     // The bad connection is closed by the input.
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(TIMEOUT, bad.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(TIMEOUT, bad.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     // The good one still works.
-    good.write_all(&msgpack_map(&json!({"good": 2}))).await.unwrap();
+    good.write_all(&msgpack_map(&json!({"good": 2})))
+        .await
+        .unwrap();
     // A non-map value is skipped, not fatal.
     good.write_all(&msgpack_map(&json!([1, 2]))).await.unwrap();
-    good.write_all(&msgpack_map(&json!({"good": 3}))).await.unwrap();
+    good.write_all(&msgpack_map(&json!({"good": 3})))
+        .await
+        .unwrap();
     drop(good);
     sink.wait_for(4).await;
     let mut got = sink.json();
@@ -369,7 +400,10 @@ async fn msgpack_garbage_closes_only_that_connection() {
         ]
     );
     let text = logs.wait_for("msgpack value skipped").await;
-    assert!(text.contains("not a msgpack stream; closing this connection"), "{text}");
+    assert!(
+        text.contains("not a msgpack stream; closing this connection"),
+        "{text}"
+    );
     assert!(text.contains("0xc1 is not a msgpack marker"), "{text}");
     stop(running).await;
 }

@@ -22,13 +22,18 @@ fn udp_input(port: u16) -> NodeSpec {
 async fn wait_ready(sock: &UdpSocket, port: u16, sink: &Sink) -> usize {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        sock.send_to(b"{\"probe\":true}", ("127.0.0.1", port)).await.unwrap();
+        sock.send_to(b"{\"probe\":true}", ("127.0.0.1", port))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let n = sink.len();
         if n > 0 {
             return n;
         }
-        assert!(Instant::now() < deadline, "udp input never received anything");
+        assert!(
+            Instant::now() < deadline,
+            "udp input never received anything"
+        );
     }
 }
 
@@ -56,7 +61,9 @@ async fn datagrams_and_lines_within_them() {
     let probes = wait_ready(&sock, port, &sink).await;
     let to = ("127.0.0.1", port);
     sock.send_to(b"{\"a\":1}", to).await.unwrap();
-    sock.send_to(b"{\"b\":1}\r\n{\"b\":2}\n\n", to).await.unwrap();
+    sock.send_to(b"{\"b\":1}\r\n{\"b\":2}\n\n", to)
+        .await
+        .unwrap();
     // Larger than max_message_size: skipped and logged, not cut.
     let big = format!("{{\"big\":\"{}\"}}", "x".repeat(200));
     sock.send_to(big.as_bytes(), to).await.unwrap();
@@ -99,7 +106,9 @@ async fn a_burst_of_datagrams_is_batched() {
     // burst takes them together.
     for i in 0..200 {
         let d = format!("{{\"i\":{i}}}");
-        sock.send_to(d.as_bytes(), ("127.0.0.1", port)).await.unwrap();
+        sock.send_to(d.as_bytes(), ("127.0.0.1", port))
+            .await
+            .unwrap();
     }
     sink.wait_for(probes + 200).await;
     let got: Vec<i64> = without_probes(&sink)
@@ -124,7 +133,9 @@ async fn on_error_keep_and_format_none() {
     );
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let probes = wait_ready(&sock, port, &sink).await;
-    sock.send_to(b"not json", ("127.0.0.1", port)).await.unwrap();
+    sock.send_to(b"not json", ("127.0.0.1", port))
+        .await
+        .unwrap();
     sink.wait_for(probes + 1).await;
     assert_eq!(without_probes(&sink), [json!({"message":"not json"})]);
     stop(running).await;

@@ -97,9 +97,12 @@ async fn msgpack_stream_of_maps() {
         None,
     );
     let mut em = running.emitter();
-    em.emit(batch("m", vec![raw("{\"a\":[1,\"b\"]}"), raw("{\"c\":null}")]))
-        .await
-        .unwrap();
+    em.emit(batch(
+        "m",
+        vec![raw("{\"a\":[1,\"b\"]}"), raw("{\"c\":null}")],
+    ))
+    .await
+    .unwrap();
     let (mut s, _) = tokio::time::timeout(TIMEOUT, listener.accept())
         .await
         .unwrap()
@@ -200,7 +203,10 @@ async fn a_dead_destination_is_retried_then_sent_to_errors() {
     let rejected = errors.wait_for(1).await;
     let reason = rejected[0].1.record.to_map()["_error"].to_string();
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
-    assert!(reason.contains(&format!("connecting to 127.0.0.1:{port}")), "{reason}");
+    assert!(
+        reason.contains(&format!("connecting to 127.0.0.1:{port}")),
+        "{reason}"
+    );
     assert!(logs.text().contains("write failed; will retry"));
     stop(running).await;
 }
@@ -220,7 +226,11 @@ async fn ulog_to_ulog_over_tcp() {
             None,
         );
         wait_listening(port).await;
-        let format = if framing == "msgpack" { "msgpack" } else { "json" };
+        let format = if framing == "msgpack" {
+            "msgpack"
+        } else {
+            "json"
+        };
         let sender = start(
             &registry(&[]),
             vec![],
@@ -285,7 +295,10 @@ async fn tls_from_output_to_input() {
         .unwrap();
     em.emit(batch("s", vec![raw("{\"k\":3}")])).await.unwrap();
     sink.wait_for(3).await;
-    assert_eq!(sink.json(), [json!({"k":1}), json!({"k":2}), json!({"k":3})]);
+    assert_eq!(
+        sink.json(),
+        [json!({"k":1}), json!({"k":2}), json!({"k":3})]
+    );
     stop(sender).await;
     stop(receiver).await;
 }

@@ -178,7 +178,10 @@ pub async fn connect(port: u16) -> tokio::net::TcpStream {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => return s,
             Err(e) => {
-                assert!(Instant::now() < deadline, "input on {port} never listened: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "input on {port} never listened: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -239,7 +242,10 @@ impl LogCapture {
             if text.contains(needle) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "log never said {needle:?}:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{text}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
