@@ -205,10 +205,9 @@ impl FrameDecoder {
     /// See [`DecodeError`]; after a fatal error the buffer's contents are
     /// undefined and the stream should be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        Ok(self
-            .next_frame(buf)?
+        self.next_frame(buf)?
             .map(|bytes| self.decode_frame(bytes))
-            .transpose()?)
+            .transpose()
     }
 
     /// Splits the next complete frame's bytes off `buf`, without decoding it.

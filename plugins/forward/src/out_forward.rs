@@ -466,7 +466,7 @@ impl ForwardOutput {
     /// usable standbys (and weight-0 servers).
     fn pick(&mut self, tried: &[bool]) -> Option<usize> {
         let now = Instant::now();
-        let usable = |i: usize, n: &Node| !tried[i] && n.down_until.map_or(true, |t| t <= now);
+        let usable = |i: usize, n: &Node| !tried[i] && !matches!(n.down_until, Some(t) if t > now);
         let primaries: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 let n = &self.nodes[i];
@@ -486,7 +486,7 @@ impl ForwardOutput {
         for &i in &pool {
             let w = weight(&self.nodes[i]);
             self.nodes[i].current += w;
-            if best.map_or(true, |b| self.nodes[i].current > self.nodes[b].current) {
+            if !matches!(best, Some(b) if self.nodes[i].current <= self.nodes[b].current) {
                 best = Some(i);
             }
         }
@@ -651,10 +651,9 @@ impl ForwardOutput {
 async fn still_open(conn: &mut Box<dyn Stream>) -> bool {
     let mut b = [0u8; 256];
     // A zero timeout polls the read exactly once.
-    match tokio::time::timeout(Duration::ZERO, conn.read(&mut b)).await {
-        Err(_) => true,
-        Ok(_) => false,
-    }
+    tokio::time::timeout(Duration::ZERO, conn.read(&mut b))
+        .await
+        .is_err()
 }
 
 fn chunk_id() -> String {
