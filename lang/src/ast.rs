@@ -140,6 +140,23 @@ pub struct Param {
     pub value: Value,
 }
 
+impl Param {
+    /// From the key to the end of the value.
+    pub fn span(&self) -> Span {
+        self.key.span.to(&self.value.span)
+    }
+}
+
+impl Entry {
+    /// The span of the parameter or nested block.
+    pub fn span(&self) -> Span {
+        match self {
+            Entry::Param(p) => p.span(),
+            Entry::Block(b) => b.span.clone(),
+        }
+    }
+}
+
 /// A value with its span.
 #[derive(Clone, Debug)]
 pub struct Value {

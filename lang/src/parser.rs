@@ -382,6 +382,14 @@ fn syntax_error(file: &Arc<SourceFile>, e: pest::error::Error<Rule>, base: usize
     .message()
     .into_owned();
 
+    if rules.is_empty() {
+        // pest gives up without expectations when its recursion guard trips.
+        return Diagnostic::error(
+            "E-syntax",
+            Some(Span::char_at(file, pos)),
+            "cannot read further: the lists or maps here are nested too deeply",
+        );
+    }
     let (mut found, len) = found_at(text, pos);
     let end_of_text = text.trim_end().len();
     let (mut at, mut len) = if pos >= end_of_text {

@@ -26,8 +26,12 @@ impl fmt::Debug for SourceFile {
 impl SourceFile {
     /// A source named `name` (what diagnostics print) with its text. `path`
     /// is where it was read from, when it came from disk.
+    /// A leading byte order mark is dropped: editors on Windows write one.
     pub fn new(name: impl Into<String>, path: Option<PathBuf>, text: impl Into<String>) -> Self {
-        let text = text.into();
+        let mut text = text.into();
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
         let mut line_starts = vec![0];
         line_starts.extend(
             text.bytes()
