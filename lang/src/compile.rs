@@ -136,7 +136,7 @@ pub(crate) fn compile_source(
             let warnings: Vec<Diagnostic> = pipeline
                 .warnings()
                 .iter()
-                .filter_map(|w| l.map_spec_error(w, &shadows))
+                .filter_map(|w| l.map_spec_error(w, &shadows, &mut HashMap::new()))
                 .collect();
             if diags.iter().any(Diagnostic::is_error) {
                 diags.extend(warnings);
@@ -154,8 +154,9 @@ pub(crate) fn compile_source(
             // The engine drops its warnings when it fails; compute the same
             // shadowed-match findings from its own router.
             let warnings = shadow_warnings(&l.spec, &shadows);
+            let mut seen = HashMap::new();
             for e in errors.iter().chain(&warnings) {
-                if let Some(d) = l.map_spec_error(e, &shadows) {
+                if let Some(d) = l.map_spec_error(e, &shadows, &mut seen) {
                     diags.push(d);
                 }
             }
@@ -458,7 +459,12 @@ impl Lowerer<'_> {
                 Err(e) => {
                     // Point at the offending character of the glob when it is
                     // in the part the user wrote.
-                    let offset = e.pos.checked_sub(glob_text.len() - pattern.len());
+                    // `pos` counts characters.
+                    let byte = glob_text
+                        .char_indices()
+                        .nth(e.pos)
+                        .map_or(glob_text.len(), |(b, _)| b);
+                    let offset = byte.checked_sub(glob_text.len() - pattern.len());
                     let span = offset.map_or(inc.path.span.clone(), |o| inc.path.span_at(o));
                     self.diags.push(Diagnostic::error(
                         "E-include",
@@ -526,7 +532,15 @@ impl Lowerer<'_> {
     /// Turns an engine finding into a diagnostic at its source span; `None`
     /// for findings caused by an error already reported (a value that could
     /// not be read and was left out).
-    fn map_spec_error(&self, e: &SpecError, shadows: &Shadows) -> Option<Diagnostic> {
+    ///
+    /// `seen` counts findings per site and parameter, so that a parameter
+    /// written twice and reported twice points at each place in turn.
+    fn map_spec_error(
+        &self,
+        e: &SpecError,
+        shadows: &Shadows,
+        seen: &mut HashMap<(Site, String), usize>,
+    ) -> Option<Diagnostic> {
         let code = classify(e);
         let loc = self.sites.get(&e.site);
         if code == "W-shadowed" && loc.is_some_and(|l| !l.invalid_patterns.is_empty()) {
@@ -551,11 +565,15 @@ impl Lowerer<'_> {
                 if loc.invalid_params.contains(name) {
                     return None;
                 }
-                let mut given = loc.params.iter().filter(|(n, _, _)| n == name);
+                let given: Vec<_> = loc.params.iter().filter(|(n, _, _)| n == name).collect();
                 let found = match code {
-                    "E-unknown-param" => given.next().map(|p| p.1.clone()),
-                    "E-duplicate-param" => given.next_back().map(|p| p.1.clone()),
-                    _ => given.next().map(|p| p.2.clone()),
+                    "E-unknown-param" => {
+                        let n = seen.entry((e.site, name.clone())).or_insert(0);
+                        *n += 1;
+                        given.get(*n - 1).or(given.last()).map(|p| p.1.clone())
+                    }
+                    "E-duplicate-param" => given.last().map(|p| p.1.clone()),
+                    _ => given.first().map(|p| p.2.clone()),
                 };
                 found.or(block_span)
             }

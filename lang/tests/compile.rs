@@ -440,3 +440,43 @@ fn options_default_to_the_engine_shutdown_timeout() {
     assert_eq!((o.env)("A").as_deref(), Some("b"));
     assert_eq!((o.env)("PATH"), None);
 }
+
+#[test]
+fn a_repeated_unknown_parameter_is_reported_at_each_place() {
+    let d = compile_str(
+        "routes.conf",
+        "match \"**\" null {\n  x = 1\n  x = 2\n}\n",
+        Path::new("."),
+        &common::registry(),
+        &common::options(),
+    )
+    .unwrap_err();
+    let lines: Vec<usize> = d
+        .iter()
+        .filter(|d| d.code == "E-unknown-param")
+        .map(|d| d.line_col().unwrap().1)
+        .collect();
+    assert_eq!(lines, [2, 3], "{}", render_all(&d));
+}
+
+#[test]
+fn an_invalid_glob_points_into_the_include_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "routes.conf", "include \"conf.d/[é*.conf\"\n");
+    let d = compile_file(
+        &root.join("routes.conf"),
+        &common::registry(),
+        &common::options(),
+    )
+    .unwrap_err();
+    assert_eq!(d[0].code, "E-include");
+    assert!(
+        d[0].message.starts_with("invalid include glob"),
+        "{}",
+        d[0].message
+    );
+    // At the `[` that opens the bad range.
+    let (_, line, col) = d[0].line_col().unwrap();
+    assert_eq!((line, col), (1, 17), "{}", d[0].render());
+}
