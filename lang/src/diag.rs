@@ -120,6 +120,9 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+/// So a diagnostic can travel through `?` into `anyhow` and friends.
+impl std::error::Error for Diagnostic {}
+
 /// Renders several diagnostics separated by blank lines, as `ulog check`
 /// prints them.
 pub fn render_all(diagnostics: &[Diagnostic]) -> String {

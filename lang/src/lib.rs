@@ -16,6 +16,20 @@
 //! names, types, required parameters, tag patterns, ids, labels); this crate
 //! only maps the engine's findings back to the source.
 //!
+//! ```
+//! use std::path::Path;
+//! use ulog_lang::{compile_str, Options};
+//!
+//! // A registry with only the engine's own `relabel` output.
+//! let registry = ulog_engine::Registry::new();
+//! let routes = "label errors {\n  match \"**\" relabl { label = \"errors\" }\n}\n";
+//! let errors = compile_str("routes.conf", routes, Path::new("."), &registry, &Options::default())
+//!     .unwrap_err();
+//! assert_eq!(errors[0].code, "E-unknown-plugin");
+//! assert_eq!(errors[0].line_col(), Some(("routes.conf".to_string(), 2, 14)));
+//! assert!(errors[0].render().contains("did you mean `relabel`?"));
+//! ```
+//!
 //! The language is described in `docs/language.md`.
 #![deny(missing_docs)]
 
