@@ -8,7 +8,7 @@
 //! Lines that do not parse are never dropped silently: each is counted, the
 //! first few are logged with their line number and the parser's message, a
 //! total is logged at the end, and with `on_error = "keep"` the line is kept
-//! as `{"message": <line>}`.
+//! as `{<message_key>: <line>}` (`message` unless `message_key` says otherwise).
 
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ pub fn spec() -> PluginSpec {
         "log",
         "What happens to a line the format cannot parse: `log` counts it and logs the first \
          ones (line number and reason), dropping it; `keep` does the same and also emits it \
-         as {\"message\": <line>}.",
+         as {<message_key>: <line>}.",
     ))
     .param(ParamSpec::with_default(
         "max_line_size",
@@ -91,7 +91,9 @@ impl StdinInput {
             lines: LineReader {
                 tag,
                 parser: ulog_parsers::build_parser(params)?,
-                keep_bad: params.str("on_error")? == "keep",
+                keep_bad: (params.str("on_error")? == "keep")
+                    .then(|| params.str("message_key").map(str::to_string))
+                    .transpose()?,
                 max_line: usize::try_from(max).unwrap_or(usize::MAX),
                 line_no: 0,
                 bad: 0,
@@ -118,7 +120,8 @@ impl Input for StdinInput {
 pub struct LineReader {
     tag: Tag,
     parser: Arc<dyn Parser>,
-    keep_bad: bool,
+    /// With `on_error = "keep"`: the field that receives a bad line.
+    keep_bad: Option<String>,
     max_line: usize,
     line_no: u64,
     bad: u64,
@@ -165,7 +168,8 @@ impl LineReader {
             match memchr::memrchr(b'\n', &buf[scanned..]) {
                 Some(i) => {
                     let complete = buf.split_to(scanned + i + 1).freeze();
-                    scanned = 0;
+                    // What is left is a partial line: no newline in it.
+                    scanned = buf.len();
                     self.lines(complete, now, &mut events);
                 }
                 None => scanned = buf.len(),
@@ -187,7 +191,7 @@ impl LineReader {
         };
         if self.bad > 0 {
             warn!(tag = %self.tag, bad_lines = self.bad, lines = self.line_no,
-                kept = self.keep_bad, "lines that could not be parsed");
+                kept = self.keep_bad.is_some(), "lines that could not be parsed");
         }
         result
     }
@@ -245,15 +249,15 @@ impl LineReader {
                 if self.bad <= BAD_LINES_LOGGED {
                     warn!(tag = %self.tag, line = self.line_no, error = %e,
                         "line could not be parsed{}",
-                        if self.keep_bad { "; kept as `message`" } else { "; dropped" });
+                        if self.keep_bad.is_some() { "; kept as a message" } else { "; dropped" });
                     if self.bad == BAD_LINES_LOGGED {
                         warn!(tag = %self.tag, "further bad lines are only counted");
                     }
                 }
-                if self.keep_bad {
+                if let Some(key) = &self.keep_bad {
                     let mut record = Record::new();
                     record.insert(
-                        "message",
+                        key.clone(),
                         Json::String(String::from_utf8_lossy(&line).into_owned()),
                     );
                     events.push(Event::new(now, record));
@@ -272,7 +276,7 @@ mod tests {
         LineReader {
             tag: Tag::new_unchecked("t"),
             parser: ulog_parsers::build_parser(&params).unwrap(),
-            keep_bad: keep,
+            keep_bad: keep.then(|| "message".to_string()),
             max_line,
             line_no: 0,
             bad: 0,

@@ -188,7 +188,7 @@ fn on_error_keep_emits_bad_lines_as_messages() {
         serde_json::from_str::<serde_json::Value>(lines[1]).unwrap(),
         serde_json::json!({"message": "plain text \"quoted\""})
     );
-    assert!(out.stderr.contains("kept as `message`"), "{}", out.stderr);
+    assert!(out.stderr.contains("kept as a message"), "{}", out.stderr);
 }
 
 #[test]
