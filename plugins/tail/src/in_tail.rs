@@ -181,7 +181,7 @@ pub fn spec() -> PluginSpec {
         Duration::from_secs(1),
         "How often, at most, the position database is rewritten while lines flow (it is \
          always written when files are added and on stop). Shorter means fewer lines read \
-         twice after a crash; 0 writes after every batch.",
+         twice after a crash; 0 writes after every polling round.",
     ));
     for p in ulog_parsers::format_params("none") {
         spec = spec.param(p);
@@ -337,6 +337,7 @@ impl Input for TailInput {
             rotated: Vec::new(),
             open_warned: HashSet::new(),
             last_pos_write: Instant::now(),
+            pos_urgent: false,
         };
         runner.run().await
     }
@@ -524,7 +525,7 @@ enum PathState {
     /// The path still names the file we follow.
     Same,
     /// The path names another file (rotated by rename, new file created).
-    Other,
+    Other(FileId),
     /// Nothing is at the path.
     Missing,
     /// The check failed.
@@ -562,7 +563,7 @@ fn probe(slots: Vec<SlotRef>, rotated: Vec<Arc<std::fs::File>>) -> Probe {
             let state = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => match &open {
                     Some((_, id)) if FileId::of(&m) == *id => PathState::Same,
-                    _ => PathState::Other,
+                    _ => PathState::Other(FileId::of(&m)),
                 },
                 Ok(_) => PathState::Missing,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathState::Missing,
@@ -679,6 +680,8 @@ struct Runner {
     /// Paths whose open failure was already warned about.
     open_warned: HashSet<PathBuf>,
     last_pos_write: Instant,
+    /// A file was added: write the position database without waiting.
+    pos_urgent: bool,
 }
 
 impl Runner {
@@ -762,10 +765,14 @@ impl Runner {
         let Some(path) = self.cfg.pos_file.clone() else {
             return;
         };
-        if !self.sink.dirty && !force {
+        if !self.sink.dirty && !self.pos_urgent && !force {
             return;
         }
-        if !force && self.last_pos_write.elapsed() < self.cfg.pos_write_interval {
+        // A file just added is written at once: were it missing after a
+        // crash, a restart would take it for a file found at startup and
+        // (without read_from_head) skip what it holds.
+        if !force && !self.pos_urgent && self.last_pos_write.elapsed() < self.cfg.pos_write_interval
+        {
             return;
         }
         let mut entries: Vec<PosEntry> = self
@@ -789,6 +796,7 @@ impl Runner {
             }
         }
         self.sink.dirty = false;
+        self.pos_urgent = false;
         self.last_pos_write = Instant::now();
         let p = path.clone();
         let res = tokio::task::spawn_blocking(move || pos_file::store(&p, &entries)).await;
@@ -866,34 +874,12 @@ impl Runner {
                 return;
             }
         };
-        let mut added = false;
         let found_paths: HashSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
         // A rotated path that no glob matches any more stops being watched.
         self.slots
             .retain(|path, t| t.is_some() || found_paths.contains(path));
         for (path, id) in &found {
             if self.slots.contains_key(path) {
-                continue;
-            }
-            if self.slots.values().flatten().any(|t| t.id == *id) {
-                // Another name of a file already followed (a link).
-                continue;
-            }
-            if let Some(i) = self.rotated.iter().position(|t| t.id == *id && !t.deleted) {
-                // A rotated file that the globs also match (`app.log.1`):
-                // keep following it under its new name.
-                let mut t = self.rotated.remove(i);
-                debug!(input = %self.sink.id, from = %t.path.display(), to = %path.display(), "rotated file matched again; following it under its new name");
-                t.deadline = None;
-                t.tag = expand_tag(&self.cfg.tag, path);
-                if t.path_value.is_some() {
-                    t.path_value = Some(serde_json::Value::String(
-                        path.to_string_lossy().into_owned(),
-                    ));
-                }
-                t.path = path.clone();
-                self.slots.insert(path.clone(), Some(t));
-                added = true;
                 continue;
             }
             let start = match known {
@@ -912,17 +898,40 @@ impl Runner {
                     }
                 }
             };
-            if let Some(t) = self.open(path.clone(), start).await {
-                if t.id != *id && self.slots.values().flatten().any(|o| o.id == t.id) {
-                    continue;
-                }
-                self.slots.insert(path.clone(), Some(t));
-                added = true;
-            }
+            self.place(path, *id, start).await;
         }
-        if added {
-            self.sink.dirty = true;
-            self.last_pos_write = Instant::now() - self.cfg.pos_write_interval;
+    }
+
+    /// Starts following the file `id` found at `path`: nothing when it is
+    /// already followed under another name (a link), the rotated tailer when
+    /// it is a rotated file the globs match again (`app.log.1`), else a new
+    /// tailer reading from `start`.
+    async fn place(&mut self, path: &Path, id: FileId, start: Start) {
+        if self.slots.values().flatten().any(|t| t.id == id) {
+            return;
+        }
+        if let Some(i) = self.rotated.iter().position(|t| t.id == id && !t.deleted) {
+            let mut t = self.rotated.remove(i);
+            debug!(input = %self.sink.id, from = %t.path.display(), to = %path.display(), "rotated file matched again; following it under its new name");
+            t.deadline = None;
+            t.tag = expand_tag(&self.cfg.tag, path);
+            if t.path_value.is_some() {
+                t.path_value = Some(serde_json::Value::String(
+                    path.to_string_lossy().into_owned(),
+                ));
+            }
+            t.path = path.to_path_buf();
+            self.slots.insert(path.to_path_buf(), Some(t));
+            self.pos_urgent = true;
+            return;
+        }
+        if let Some(t) = self.open(path.to_path_buf(), start).await {
+            // The file may have been replaced between the check and the open.
+            if t.id != id && self.slots.values().flatten().any(|o| o.id == t.id) {
+                return;
+            }
+            self.slots.insert(path.to_path_buf(), Some(t));
+            self.pos_urgent = true;
         }
     }
 
@@ -984,8 +993,8 @@ impl Runner {
         for (path, (state, fd)) in paths.into_iter().zip(probed.slots) {
             let slot = self.slots.get_mut(&path).expect("slot listed above");
             let Some(mut t) = slot.take() else {
-                if matches!(state, PathState::Other) {
-                    reopen.push(path);
+                if let PathState::Other(id) = state {
+                    reopen.push((path, id));
                 }
                 continue;
             };
@@ -1008,7 +1017,7 @@ impl Runner {
                     }
                     *self.slots.get_mut(&path).expect("slot") = Some(t);
                 }
-                PathState::Other | PathState::Missing => {
+                PathState::Other(_) | PathState::Missing => {
                     let deleted =
                         matches!(state, PathState::Missing) && fd.is_some_and(|fd| fd.nlink == 0);
                     if deleted {
@@ -1022,8 +1031,8 @@ impl Runner {
                     }
                     self.rotated.push(t);
                     self.sink.dirty = true;
-                    if matches!(state, PathState::Other) {
-                        reopen.push(path);
+                    if let PathState::Other(id) = state {
+                        reopen.push((path, id));
                     }
                 }
                 PathState::Error(e) => {
@@ -1034,15 +1043,8 @@ impl Runner {
                 }
             }
         }
-        let mut added = false;
-        for path in reopen {
-            if let Some(t) = self.open(path.clone(), Start::Head).await {
-                self.slots.insert(path, Some(t));
-                added = true;
-            }
-        }
-        if added {
-            self.last_pos_write = Instant::now() - self.cfg.pos_write_interval;
+        for (path, id) in reopen {
+            self.place(&path, id, Start::Head).await;
         }
 
         let mut more = false;
