@@ -348,8 +348,9 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn err(&mut self, site: Site, focus: Focus, message: impl Into<String>) {
-        self.errors.push(SpecError::error(site, focus, message));
+    fn err(&mut self, code: &'static str, site: Site, focus: Focus, message: impl Into<String>) {
+        self.errors
+            .push(SpecError::error(site, focus, message).code(code));
     }
 
     /// Validates a node's params and resolves its id; returns the params.
@@ -374,7 +375,7 @@ impl Builder<'_> {
             );
             e.notes
                 .push(format!("known {kind} types: {}", known.join(", ")));
-            self.errors.push(e);
+            self.errors.push(e.code("E-unknown-plugin"));
             return None;
         };
         let params = match entry.spec.validate(&node.params) {
@@ -385,7 +386,13 @@ impl Builder<'_> {
                         crate::params::ParamError::Missing { .. } => Focus::Block,
                         other => Focus::Param(other.param().to_string()),
                     };
-                    let mut e = SpecError::error(site, focus, pe.to_string());
+                    let code = match &pe {
+                        crate::params::ParamError::Unknown { .. } => "E-unknown-param",
+                        crate::params::ParamError::Duplicate { .. } => "E-duplicate-param",
+                        crate::params::ParamError::WrongType { .. } => "E-param-type",
+                        crate::params::ParamError::Missing { .. } => "E-missing-param",
+                    };
+                    let mut e = SpecError::error(site, focus, pe.to_string()).code(code);
                     if let crate::params::ParamError::Unknown { known, .. } = &pe {
                         e.notes
                             .push(format!("`{}` takes: {}", node.plugin, known.join(", ")));
@@ -413,7 +420,7 @@ impl Builder<'_> {
                 format!("node id `{id}` is used twice"),
             );
             e.notes.push(format!("first used at {prev:?}"));
-            self.errors.push(e);
+            self.errors.push(e.code("E-duplicate-id"));
             return None;
         }
         self.seen_ids.insert(id.clone(), site);
@@ -433,6 +440,7 @@ impl Builder<'_> {
             Ok(set) => set,
             Err((index, e)) => {
                 self.err(
+                    "E-pattern",
                     site,
                     Focus::Pattern {
                         index,
@@ -485,6 +493,7 @@ impl Pipeline {
         for (i, l) in spec.labels.iter().enumerate() {
             if label_index.insert(l.name.as_str(), i + 1).is_some() {
                 b.err(
+                    "E-label",
                     Site::Label(i),
                     Focus::Block,
                     format!("label `{}` is defined twice", l.name),
@@ -511,7 +520,7 @@ impl Pipeline {
                         e.notes
                             .push(format!("labels defined: {}", names.join(", ")));
                     }
-                    b.errors.push(e);
+                    b.errors.push(e.code("E-label"));
                     None
                 }
             }
@@ -592,6 +601,7 @@ impl Pipeline {
                 let set = b.patterns(site, &m.patterns);
                 if m.outputs.is_empty() {
                     b.err(
+                        "E-copy",
                         site,
                         Focus::Block,
                         "a match block needs at least one output",
@@ -673,6 +683,7 @@ impl Pipeline {
             for (shadowed, by) in matches.shadowed() {
                 warnings.push(SpecError {
                     severity: Severity::Warning,
+                    code: "W-shadowed",
                     site: Site::Match { label, index: shadowed },
                     focus: Focus::Block,
                     message: format!(
@@ -727,7 +738,8 @@ impl Pipeline {
                         names.join(" → "),
                         names[0]
                     ),
-                )]);
+                )
+                .code("E-cycle")]);
             }
         };
 
@@ -1053,6 +1065,11 @@ async fn run_output(
     debug!(output = %id, "output stopped");
 }
 
+/// Events that failed for good: index in the batch and the reason.
+type Failed = (usize, String);
+/// Events to retry: their indices and the last reason.
+type RetryItems = (Vec<usize>, String);
+
 async fn deliver(
     id: &Arc<str>,
     output: &mut dyn Output,
@@ -1067,7 +1084,7 @@ async fn deliver(
     loop {
         attempt += 1;
         let outcome = output.write(&current).await;
-        let (failed, retry): (Vec<(usize, String)>, Option<(Vec<usize>, String)>) = match outcome {
+        let (failed, retry): (Vec<Failed>, Option<RetryItems>) = match outcome {
             Delivery::Delivered => {
                 NodeMetrics::add(&metrics.events_out, current.len());
                 return;

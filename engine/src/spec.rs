@@ -144,6 +144,9 @@ pub enum Severity {
 pub struct SpecError {
     /// Error or warning.
     pub severity: Severity,
+    /// A short stable name of the kind of problem (`E-unknown-param`,
+    /// `W-shadowed`, ...), for tools and tests that must not depend on wording.
+    pub code: &'static str,
     /// The block.
     pub site: Site,
     /// The part of the block.
@@ -158,10 +161,16 @@ impl SpecError {
     pub(crate) fn error(site: Site, focus: Focus, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
+            code: "E-build",
             site,
             focus,
             message: message.into(),
             notes: Vec::new(),
         }
+    }
+
+    pub(crate) fn code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 }

@@ -726,6 +726,7 @@ fn shadow_warnings(spec: &PipelineSpec, shadows: &Shadows) -> Vec<SpecError> {
             if let Some(by) = shadows.get(&(label, index)) {
                 out.push(SpecError {
                     severity: Severity::Warning,
+                    code: "W-shadowed",
                     site: Site::Match { label, index },
                     focus: Focus::Block,
                     message: format!(
@@ -782,45 +783,9 @@ fn node_ids(spec: &PipelineSpec) -> HashMap<String, Site> {
     ids
 }
 
-/// A stable code for an engine finding. The engine reports free text with a
-/// site; these prefixes are its message formats.
+/// The engine's stable code for a finding.
 fn classify(e: &SpecError) -> &'static str {
-    let m = e.message.as_str();
-    if e.severity == Severity::Warning {
-        return if m.contains("never receives events") {
-            "W-shadowed"
-        } else {
-            "W-build"
-        };
-    }
-    if m.starts_with("unknown parameter") {
-        "E-unknown-param"
-    } else if m.starts_with("unknown input type")
-        || m.starts_with("unknown filter type")
-        || m.starts_with("unknown output type")
-    {
-        "E-unknown-plugin"
-    } else if m.starts_with("missing required parameter") {
-        "E-missing-param"
-    } else if m.starts_with("parameter `") && m.ends_with("is given twice") {
-        "E-duplicate-param"
-    } else if m.starts_with("parameter `") && m.contains(": expected ") {
-        "E-param-type"
-    } else if m.starts_with("invalid tag pattern") {
-        "E-pattern"
-    } else if m.starts_with("node id `") {
-        "E-duplicate-id"
-    } else if m.starts_with("no label named")
-        || (m.starts_with("label `") && m.contains("defined twice"))
-    {
-        "E-label"
-    } else if m.starts_with("events could loop forever") {
-        "E-cycle"
-    } else if m.starts_with("a match block needs at least one output") {
-        "E-copy"
-    } else {
-        "E-build"
-    }
+    e.code
 }
 
 /// The directory of `path`, `.` when it has none.
