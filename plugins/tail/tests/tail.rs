@@ -521,3 +521,103 @@ async fn a_slow_output_paces_reading_and_loses_nothing() {
     assert_eq!(h.messages(), expected("l", 0..4000));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_read_becomes_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append_lines(&log, "l", 0..10_000);
+    let size = fs::metadata(&log).unwrap().len();
+    let chunk = 16 * 1024;
+    let h = start(
+        tail(&log, "app")
+            .param("read_from_head", true)
+            .param("read_buffer_size", Value::Size(chunk)),
+    );
+    h.wait_count(10_000, 10).await;
+    settle().await;
+    assert_eq!(h.messages(), expected("l", 0..10_000));
+    // 90,000 bytes in reads of 16 KiB: 6 reads, 6 batches — not 10,000.
+    assert_eq!(
+        h.batches.load(Ordering::SeqCst) as u64,
+        size.div_ceil(chunk),
+        "one batch per read"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_from_the_parsers_crate_give_fields_and_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    append(
+        &log,
+        b"2024-05-01 10:00:00 INFO hello world\n2024-05-01 10:00:01 WARN disk at 91%\nnot matching\n",
+    );
+    let h = start(
+        tail(&log, "app")
+            .param("read_from_head", true)
+            .param("format", "regex")
+            .param(
+                "expression",
+                Value::Regex(r"^(?<time>\S+ \S+) (?<level>[A-Z]+) (?<msg>.*)$".into()),
+            )
+            .param("time_key", "time")
+            .param("time_format", "%Y-%m-%d %H:%M:%S"),
+    );
+    h.wait_count(3, 10).await;
+    settle().await;
+    let events = h.captured.lock().unwrap().clone();
+    assert_eq!(events.len(), 3);
+    // 2024-05-01T10:00:00Z
+    assert_eq!(events[0].1.time.secs(), 1_714_557_600);
+    assert_eq!(events[1].1.time.secs(), 1_714_557_601);
+    assert_eq!(
+        events[0].1.record.to_json_string(),
+        r#"{"level":"INFO","msg":"hello world"}"#
+    );
+    assert_eq!(
+        events[2].1.record.to_json_string(),
+        r#"{"message":"not matching"}"#,
+        "kept by on_error = keep"
+    );
+    assert_eq!(get(&h.stats().parse_errors), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_globs_and_links_follow_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("a")).unwrap();
+    fs::create_dir_all(dir.path().join("b/c")).unwrap();
+    let x = dir.path().join("a/x.log");
+    let y = dir.path().join("b/c/y.log");
+    append_lines(&x, "x", 0..5);
+    append_lines(&y, "y", 0..5);
+    std::os::unix::fs::symlink(&x, dir.path().join("link.log")).unwrap();
+    // Overlapping globs: the second one matches the link again.
+    let globs = Value::List(vec![
+        dir.path().join("**/*.log").to_str().unwrap().into(),
+        dir.path().join("*.log").to_str().unwrap().into(),
+    ]);
+    let node = tail_paths(globs, "app", Duration::from_millis(300))
+        .param("read_from_head", true)
+        .param("path_key", "file");
+    let h = start(node);
+    h.wait_count(10, 10).await;
+    settle().await;
+    settle().await;
+    let mut got = h.messages();
+    got.sort();
+    let mut want = expected("x", 0..5);
+    want.extend(expected("y", 0..5));
+    assert_eq!(
+        got, want,
+        "x.log is read once although two paths lead to it"
+    );
+    append_lines(&x, "x", 5..7);
+    h.wait_count(12, 10).await;
+    settle().await;
+    assert_eq!(h.count(), 12);
+    h.stop().await;
+}

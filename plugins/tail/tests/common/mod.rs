@@ -5,13 +5,14 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ulog_engine::spec::{MatchSpec, NodeSpec, PipelineSpec};
 use ulog_engine::{
     async_trait, Batch, BuildOptions, Delivery, Event, Output, ParamKind, ParamSpec, Pipeline,
-    PluginKind, PluginSpec, Registry, RunReport, Running, Tag,
+    PluginKind, PluginSpec, Registry, RunReport, Running, Tag, Value,
 };
 use ulog_plugins_tail::{TailMonitor, TailStats};
 
@@ -20,6 +21,7 @@ pub type Captured = Arc<Mutex<Vec<(Tag, Event)>>>;
 
 struct CaptureOutput {
     store: Captured,
+    batches: Arc<AtomicUsize>,
     delay: Duration,
 }
 
@@ -29,6 +31,7 @@ impl Output for CaptureOutput {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        self.batches.fetch_add(1, Ordering::SeqCst);
         let mut store = self.store.lock().unwrap();
         for e in &batch.events {
             store.push((batch.tag.clone(), e.clone()));
@@ -38,7 +41,7 @@ impl Output for CaptureOutput {
 }
 
 /// A registry with the tail plugin and a test-only `capture` output.
-pub fn registry(store: Captured, monitor: TailMonitor) -> Registry {
+pub fn registry(store: Captured, batches: Arc<AtomicUsize>, monitor: TailMonitor) -> Registry {
     let mut r = Registry::new();
     ulog_plugins_tail::register_with_monitor(&mut r, monitor);
     r.add_output(
@@ -51,6 +54,7 @@ pub fn registry(store: Captured, monitor: TailMonitor) -> Registry {
         move |p, _| {
             Ok(Box::new(CaptureOutput {
                 store: store.clone(),
+                batches: batches.clone(),
                 delay: Duration::from_millis(p.int("delay_ms")? as u64),
             }))
         },
@@ -62,6 +66,8 @@ pub fn registry(store: Captured, monitor: TailMonitor) -> Registry {
 pub struct Harness {
     pub running: Running,
     pub captured: Captured,
+    /// Batches the output received.
+    pub batches: Arc<AtomicUsize>,
     pub monitor: TailMonitor,
 }
 
@@ -72,9 +78,14 @@ pub fn tail(path: &Path, tag: &str) -> NodeSpec {
 
 /// [`tail`] with another `rotate_wait`.
 pub fn tail_with_rotate_wait(path: &Path, tag: &str, rotate_wait: Duration) -> NodeSpec {
+    tail_paths(path.to_str().unwrap().into(), tag, rotate_wait)
+}
+
+/// [`tail`] with `path` given as any value (a list of globs, say).
+pub fn tail_paths(path: Value, tag: &str, rotate_wait: Duration) -> NodeSpec {
     NodeSpec::new("tail")
         .param("id", "in")
-        .param("path", path.to_str().unwrap())
+        .param("path", path)
         .param("tag", tag)
         .param("poll_interval", Duration::from_millis(20))
         .param("refresh_interval", Duration::from_millis(100))
@@ -107,8 +118,9 @@ fn capture_node(delay_ms: i64) -> NodeSpec {
 pub fn start_with(node: NodeSpec, delay_ms: i64) -> Harness {
     init_logs();
     let captured: Captured = Arc::default();
+    let batches = Arc::new(AtomicUsize::new(0));
     let monitor = TailMonitor::default();
-    let reg = registry(captured.clone(), monitor.clone());
+    let reg = registry(captured.clone(), batches.clone(), monitor.clone());
     let spec = PipelineSpec {
         inputs: vec![node],
         root: ulog_engine::spec::FlowSpec {
@@ -127,6 +139,7 @@ pub fn start_with(node: NodeSpec, delay_ms: i64) -> Harness {
     Harness {
         running: pipeline.start(),
         captured,
+        batches,
         monitor,
     }
 }
