@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
-use ulog_engine::{BuildOptions, PluginKind, Registry};
+use ulog_engine::{PluginKind, Registry};
 use ulog_lang::{Diagnostic, Options};
 
 mod reference;
@@ -62,7 +62,9 @@ enum Command {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?} (try 30s)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 30s)"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
@@ -75,12 +77,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `extra` registers (out-of-tree plugins).
 pub fn main_with(extra: impl FnOnce(&mut Registry)) -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     let mut registry = ulog_plugins::registry();
     extra(&mut registry);
     let result = match cli.command {
-        Command::Run { file, shutdown_timeout } => run(&file, &registry, shutdown_timeout),
+        Command::Run {
+            file,
+            shutdown_timeout,
+        } => run(&file, &registry, shutdown_timeout),
         Command::Check { file } => check(&file, &registry),
         Command::Graph { file } => graph(&file, &registry),
         Command::Plugins { markdown } => {
@@ -109,8 +120,12 @@ fn print_diagnostics(diags: &[Diagnostic]) {
     }
 }
 
-fn compile(file: &Path, registry: &Registry) -> Result<ulog_lang::Compiled, ExitCode> {
-    match ulog_lang::compile_file(file, registry, &Options::default()) {
+fn compile(
+    file: &Path,
+    registry: &Registry,
+    options: &Options,
+) -> Result<ulog_lang::Compiled, ExitCode> {
+    match ulog_lang::compile_file(file, registry, options) {
         Ok(c) => {
             print_diagnostics(&c.warnings);
             Ok(c)
@@ -118,17 +133,31 @@ fn compile(file: &Path, registry: &Registry) -> Result<ulog_lang::Compiled, Exit
         Err(diags) => {
             print_diagnostics(&diags);
             let errors = diags.iter().filter(|d| d.is_error()).count();
-            eprintln!("{}: {errors} error{} found", file.display(), if errors == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {errors} error{} found",
+                file.display(),
+                if errors == 1 { "" } else { "s" }
+            );
             Err(ExitCode::from(1))
         }
     }
 }
 
 fn check(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
-    Ok(match compile(file, registry) {
+    Ok(match compile(file, registry, &Options::default()) {
         Ok(c) => {
-            let outputs: usize = std::iter::once(&c.spec.root).chain(c.spec.labels.iter().map(|l| &l.flow)).flat_map(|f| &f.matches).map(|m| m.outputs.len()).sum();
-            println!("{}: OK ({} inputs, {} outputs, {} labels)", file.display(), c.spec.inputs.len(), outputs, c.spec.labels.len());
+            let outputs: usize = std::iter::once(&c.spec.root)
+                .chain(c.spec.labels.iter().map(|l| &l.flow))
+                .flat_map(|f| &f.matches)
+                .map(|m| m.outputs.len())
+                .sum();
+            println!(
+                "{}: OK ({} inputs, {} outputs, {} labels)",
+                file.display(),
+                c.spec.inputs.len(),
+                outputs,
+                c.spec.labels.len()
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -136,7 +165,7 @@ fn check(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
 }
 
 fn graph(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
-    Ok(match compile(file, registry) {
+    Ok(match compile(file, registry, &Options::default()) {
         Ok(c) => {
             print!("{}", ulog_engine::graph::to_dot(&c.spec, &c.ids));
             ExitCode::SUCCESS
@@ -146,14 +175,19 @@ fn graph(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
 }
 
 fn run(file: &Path, registry: &Registry, shutdown_timeout: Duration) -> anyhow::Result<ExitCode> {
-    let compiled = match compile(file, registry) {
-        Ok(c) => c,
+    let options = Options {
+        shutdown_timeout,
+        ..Options::default()
+    };
+    let pipeline = match compile(file, registry, &options) {
+        Ok(c) => c.pipeline,
         Err(code) => return Ok(code),
     };
-    // Rebuild with the requested shutdown timeout (compiling built once to check).
-    let pipeline = ulog_engine::Pipeline::build(&compiled.spec, registry, BuildOptions { base_dir: compiled.base_dir.clone(), shutdown_timeout })
-        .map_err(|e| anyhow::anyhow!("{} errors rebuilding the pipeline", e.len()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ulog").build().context("starting the Tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ulog")
+        .build()
+        .context("starting the Tokio runtime")?;
     let report = runtime.block_on(async move {
         let running = pipeline.start();
         let stop = running.shutdown_token();
@@ -166,7 +200,13 @@ fn run(file: &Path, registry: &Registry, shutdown_timeout: Duration) -> anyhow::
         running.wait().await
     });
     let m = &report.metrics;
-    info!(unmatched = m.unmatched, rejected = m.rejected, dropped = m.dropped, lost = report.lost, "ulog stopped");
+    info!(
+        unmatched = m.unmatched,
+        rejected = m.rejected,
+        dropped = m.dropped,
+        lost = report.lost,
+        "ulog stopped"
+    );
     for n in &m.nodes {
         info!(node = %n.id, kind = %n.kind, events_in = n.events_in, events_out = n.events_out, failed = n.events_failed, retries = n.retries, "node totals");
     }
@@ -174,7 +214,10 @@ fn run(file: &Path, registry: &Registry, shutdown_timeout: Duration) -> anyhow::
         warn!(events = m.unmatched, "events matched no `match` block (add `match \"**\" null {{}}` to discard them on purpose)");
     }
     if report.lost > 0 {
-        error!(events = report.lost, "events were still queued when the shutdown timeout ran out");
+        error!(
+            events = report.lost,
+            "events were still queued when the shutdown timeout ran out"
+        );
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
@@ -184,7 +227,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

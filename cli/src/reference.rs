@@ -21,7 +21,14 @@ pub(crate) fn markdown(registry: &Registry) -> String {
                     (Some(v), _) => format!("`{v}`"),
                     (None, _) => "unset".to_string(),
                 };
-                let _ = writeln!(out, "| `{}` | {} | {} | {} |", p.name, p.kind.to_string().replace('|', "\\|"), default.replace('|', "\\|"), p.description.replace('|', "\\|"));
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} |",
+                    p.name,
+                    p.kind.to_string().replace('|', "\\|"),
+                    default.replace('|', "\\|"),
+                    p.description.replace('|', "\\|")
+                );
             }
         }
     }
@@ -30,5 +37,7 @@ pub(crate) fn markdown(registry: &Registry) -> String {
 
 fn capitalised(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }

@@ -12,7 +12,11 @@ fn ulog() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One HTTP/1.1 request; returns the status code.
@@ -22,7 +26,11 @@ fn post(port: u16, path: &str, content_type: &str, body: &str) -> std::io::Resul
     write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
-    reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad reply: {reply:?}")))
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad reply: {reply:?}")))
 }
 
 fn wait_until_listening(child: &mut Child, port: u16) {
@@ -31,23 +39,37 @@ fn wait_until_listening(child: &mut Child, port: u16) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("ulog exited early: {status}");
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "ulog did not start listening");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ulog did not start listening"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn stop(child: &mut Child) -> String {
     // SIGTERM, as a service manager would.
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             assert!(status.success(), "ulog exited with {status}:\n{err}");
             return err;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "ulog did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ulog did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -87,8 +109,17 @@ match "trial.**" copy {
 "#,
     )
     .unwrap();
-    let check = ulog().arg("check").arg(dir.path().join("routes.conf")).env("E2E_LISTEN", format!("127.0.0.1:{port}")).output().unwrap();
-    assert!(check.status.success(), "check failed: {}", String::from_utf8_lossy(&check.stderr));
+    let check = ulog()
+        .arg("check")
+        .arg(dir.path().join("routes.conf"))
+        .env("E2E_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let mut child = ulog()
         .arg("run")
@@ -112,12 +143,22 @@ match "trial.**" copy {
         ("/trial.ev.1", r#"{"kwh":3.5}"#),
     ];
     for (path, body) in sends {
-        let ct = if body.contains('\n') { "application/x-ndjson" } else { "application/json" };
+        let ct = if body.contains('\n') {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
         assert_eq!(post(port, path, ct, body).unwrap(), 200, "POST {path}");
     }
     // Bad requests are refused with 4xx and never written anywhere.
-    assert_eq!(post(port, "/home.1.owl", "application/json", "{\"watts\":").unwrap(), 400);
-    assert_eq!(post(port, "/bad..tag", "application/json", "{}").unwrap(), 400);
+    assert_eq!(
+        post(port, "/home.1.owl", "application/json", "{\"watts\":").unwrap(),
+        400
+    );
+    assert_eq!(
+        post(port, "/bad..tag", "application/json", "{}").unwrap(),
+        400
+    );
 
     let log = stop(&mut child);
     let out = dir.path().join("out");
@@ -131,27 +172,46 @@ match "trial.**" copy {
     let home_tags: Vec<&str> = home.iter().map(|l| l["tag"].as_str().unwrap()).collect();
     assert_eq!(home_tags, vec!["home.1.nissan", "home.1.beacon"]);
     assert_eq!(home[0]["site"], "mk", "the nissan filter ran");
-    assert!(home[1].get("site").is_none(), "the beacon matched no filter");
-    let apps: Vec<String> = lines(&out.join("apps.jsonl")).iter().map(|l| l["tag"].as_str().unwrap().to_string()).collect();
+    assert!(
+        home[1].get("site").is_none(),
+        "the beacon matched no filter"
+    );
+    let apps: Vec<String> = lines(&out.join("apps.jsonl"))
+        .iter()
+        .map(|l| l["tag"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(apps, vec!["app.web", "web.api", "web.api", "web.ui"]);
-    assert_eq!(lines(&out.join("trial-a.jsonl")), lines(&out.join("trial-b.jsonl")));
+    assert_eq!(
+        lines(&out.join("trial-a.jsonl")),
+        lines(&out.join("trial-b.jsonl"))
+    );
     assert_eq!(lines(&out.join("trial-a.jsonl")).len(), 1);
     assert!(!out.join("errors.jsonl").exists());
     // web.db matched nothing: counted and reported, not silently dropped.
     assert!(log.contains("web.db"), "unmatched tag reported:\n{log}");
-    assert!(log.contains("unmatched=1"), "unmatched count reported:\n{log}");
+    assert!(
+        log.contains("unmatched=1"),
+        "unmatched count reported:\n{log}"
+    );
 }
 
 #[test]
 fn check_reports_errors_with_line_and_column_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("bad.conf");
-    std::fs::write(&routes, "input dummy { tag = \"a\" }\nmatch \"a.{b\" stdot { }\n").unwrap();
+    std::fs::write(
+        &routes,
+        "input dummy { tag = \"a\" }\nmatch \"a.{b\" stdot { }\n",
+    )
+    .unwrap();
     let out = ulog().arg("check").arg(&routes).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:2:"), "{err}");
-    assert!(err.contains("stdout"), "suggests the nearest plugin name: {err}");
+    assert!(
+        err.contains("stdout"),
+        "suggests the nearest plugin name: {err}"
+    );
 }
 
 #[test]
@@ -160,11 +220,18 @@ fn graph_prints_dot_with_patterns_on_edges() {
     let routes = dir.path().join("g.conf");
     std::fs::write(&routes, "input dummy { id = \"tick\" tag = \"a.b\" }\nmatch \"a.**\" null { id = \"sink\" }\nlabel errors { match \"**\" stdout { } }\n").unwrap();
     let out = ulog().arg("graph").arg(&routes).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dot = String::from_utf8(out.stdout).unwrap();
     assert!(dot.starts_with("digraph ulog {"), "{dot}");
     assert!(dot.contains("\"in:tick\" -> \"flow:top\""), "{dot}");
-    assert!(dot.contains("\"flow:top\" -> \"out:sink\" [label=\"#1 a.**\"]"), "{dot}");
+    assert!(
+        dot.contains("\"flow:top\" -> \"out:sink\" [label=\"#1 a.**\"]"),
+        "{dot}"
+    );
     assert!(dot.contains("flow:label:errors"), "{dot}");
 }
 
@@ -172,11 +239,30 @@ fn graph_prints_dot_with_patterns_on_edges() {
 fn stdin_pipeline_ends_at_eof_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("s.conf");
-    std::fs::write(&routes, "input stdin { tag = \"cli.lines\" }\nmatch \"cli.**\" file { path = \"lines.jsonl\" }\n").unwrap();
-    let mut child = ulog().arg("run").arg(&routes).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"{\"n\":1}\n{\"n\":2}\n").unwrap();
+    std::fs::write(
+        &routes,
+        "input stdin { tag = \"cli.lines\" }\nmatch \"cli.**\" file { path = \"lines.jsonl\" }\n",
+    )
+    .unwrap();
+    let mut child = ulog()
+        .arg("run")
+        .arg(&routes)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"n\":1}\n{\"n\":2}\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lines(&dir.path().join("lines.jsonl")).len(), 2);
 }
 
