@@ -16,8 +16,20 @@ match "**" null { }
 /// Compiles [`ROUTES`], sends `n` events of our own, and stops.
 pub async fn run_embedded(n: usize, base_dir: &Path) -> Result<RunReport, String> {
     let registry = ulog_plugins::registry();
-    let compiled = ulog_lang::compile_str("embedded.conf", ROUTES, base_dir, &registry, &ulog_lang::Options::default())
-        .map_err(|diags| diags.iter().map(|d| d.render()).collect::<Vec<_>>().join("\n"))?;
+    let compiled = ulog_lang::compile_str(
+        "embedded.conf",
+        ROUTES,
+        base_dir,
+        &registry,
+        &ulog_lang::Options::default(),
+    )
+    .map_err(|diags| {
+        diags
+            .iter()
+            .map(|d| d.render())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     let running = compiled.pipeline.start();
     let mut emitter = running.emitter();
     let events = (0..n)
@@ -27,8 +39,20 @@ pub async fn run_embedded(n: usize, base_dir: &Path) -> Result<RunReport, String
             Event::new(EventTime::now(), r)
         })
         .collect();
-    emitter.emit(Batch::new(Tag::parse("sensor.owl").map_err(|e| e.to_string())?, events)).await.map_err(|e| e.to_string())?;
-    emitter.emit(Batch::single(Tag::parse("other").map_err(|e| e.to_string())?, Event::new(EventTime::now(), Record::new()))).await.map_err(|e| e.to_string())?;
+    emitter
+        .emit(Batch::new(
+            Tag::parse("sensor.owl").map_err(|e| e.to_string())?,
+            events,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    emitter
+        .emit(Batch::single(
+            Tag::parse("other").map_err(|e| e.to_string())?,
+            Event::new(EventTime::now(), Record::new()),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
     running.stop();
     Ok(running.wait().await)
 }

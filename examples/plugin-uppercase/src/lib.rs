@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use ulog_engine::{
-    async_trait, Batch, BuildError, Delivery, Output, ParamKind, ParamSpec, PluginError, PluginKind, PluginSpec,
-    Registry,
+    async_trait, Batch, BuildError, Delivery, Output, ParamKind, ParamSpec, PluginError,
+    PluginKind, PluginSpec, Registry,
 };
 
 /// Writes each record as a JSON line with every string value upper-cased.
@@ -32,12 +32,23 @@ fn shout(v: &mut Value) {
 impl Output for UppercaseOutput {
     async fn write(&mut self, batch: &Batch) -> Delivery {
         if self.file.is_none() {
-            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+            {
                 Ok(f) => self.file = Some(std::io::BufWriter::new(f)),
-                Err(e) => return Delivery::Retry(PluginError::with_source(format!("opening {}", self.path.display()), e)),
+                Err(e) => {
+                    return Delivery::Retry(PluginError::with_source(
+                        format!("opening {}", self.path.display()),
+                        e,
+                    ))
+                }
             }
         }
-        let Some(file) = self.file.as_mut() else { return Delivery::Retry(PluginError::new("file not open")) };
+        let Some(file) = self.file.as_mut() else {
+            return Delivery::Retry(PluginError::new("file not open"));
+        };
         for event in &batch.events {
             let mut value = Value::Object(event.record.to_map().into_owned());
             shout(&mut value);
@@ -56,14 +67,25 @@ impl Output for UppercaseOutput {
 /// Registers the `uppercase` output: the one call a host program makes.
 pub fn register(registry: &mut Registry) {
     registry.add_output(
-        PluginSpec::new(PluginKind::Output, "uppercase", "Writes records as JSON lines with every string upper-cased (an example plugin).")
-            .param(ParamSpec::required("path", ParamKind::Str, "File to append to, relative to the routes file.")),
+        PluginSpec::new(
+            PluginKind::Output,
+            "uppercase",
+            "Writes records as JSON lines with every string upper-cased (an example plugin).",
+        )
+        .param(ParamSpec::required(
+            "path",
+            ParamKind::Str,
+            "File to append to, relative to the routes file.",
+        )),
         |params, ctx| {
             let path = params.str("path")?;
             if path.is_empty() {
                 return Err(BuildError::param("path", "must not be empty"));
             }
-            Ok(Box::new(UppercaseOutput { path: ctx.resolve(path), file: None }))
+            Ok(Box::new(UppercaseOutput {
+                path: ctx.resolve(path),
+                file: None,
+            }))
         },
     );
 }

@@ -15,16 +15,44 @@ match "demo.**" uppercase { path = "loud.jsonl" }
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_ulog-uppercase");
-    let check = Command::new(bin).args(["check"]).arg(&routes).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let run = Command::new(bin).args(["run"]).arg(&routes).output().unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let check = Command::new(bin)
+        .args(["check"])
+        .arg(&routes)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let run = Command::new(bin)
+        .args(["run"])
+        .arg(&routes)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let written = std::fs::read_to_string(dir.path().join("loud.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines.iter().all(|l| l["msg"] == "HELLO" && l["who"] == "OPS"), "{written}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["msg"] == "HELLO" && l["who"] == "OPS"),
+        "{written}"
+    );
 
     // The stock `ulog` does not know the plugin, and says so.
-    let bad = Command::new(bin).args(["check"]).arg(dir.path().join("missing.conf")).output().unwrap();
+    let bad = Command::new(bin)
+        .args(["check"])
+        .arg(dir.path().join("missing.conf"))
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 }
