@@ -581,6 +581,14 @@ fn probe(slots: Vec<SlotRef>, rotated: Vec<Arc<std::fs::File>>) -> Probe {
 /// excluded, with its id.
 fn expand(cfg: &Config) -> Vec<(PathBuf, FileId)> {
     let mut seen = HashSet::new();
+    // Never follow our own position database (a glob over its directory
+    // would turn every write of it into events, and those into writes).
+    if let Some(pos) = &cfg.pos_file {
+        seen.insert(pos.clone());
+        let mut tmp = pos.as_os_str().to_os_string();
+        tmp.push(".tmp");
+        seen.insert(PathBuf::from(tmp));
+    }
     let mut found = Vec::new();
     let opts = glob::MatchOptions {
         case_sensitive: true,
@@ -1125,12 +1133,16 @@ async fn pump(
                 return Ok(false);
             }
             Ok(n) => {
+                t.read_failing = false;
                 add(&sink.stats.bytes_read, n as u64);
                 let pieces = t.take_pieces();
                 sink.deliver(t, pieces, false).await?;
             }
             Err(e) => {
-                warn!(input = %sink.id, path = %t.path.display(), error = %e, "read failed; will retry");
+                if !t.read_failing {
+                    warn!(input = %sink.id, path = %t.path.display(), offset = t.splitter.read_offset(), error = %e, "read failed; retrying every poll_interval");
+                    t.read_failing = true;
+                }
                 return Ok(false);
             }
         }

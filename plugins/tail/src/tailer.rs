@@ -110,6 +110,9 @@ pub(crate) struct Tailer {
     pub deadline: Option<Instant>,
     /// The file was deleted: finish it as soon as it is read to the end.
     pub deleted: bool,
+    /// The last read failed (and was warned about): warn again only after a
+    /// read succeeded in between.
+    pub read_failing: bool,
 }
 
 impl Tailer {
@@ -134,6 +137,7 @@ impl Tailer {
             size: opened.size,
             deadline: None,
             deleted: false,
+            read_failing: false,
         }
     }
 
