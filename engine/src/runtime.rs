@@ -127,6 +127,30 @@ impl Emitter {
         Ok(())
     }
 
+    /// Hands events an input could not make sense of (a line that does not
+    /// parse, say) to the `errors` label, each with its reason; without an
+    /// `errors` label they are logged and counted as dropped. `node` names the
+    /// input in the `_error_node` field.
+    ///
+    /// # Errors
+    /// [`EmitError`] when the pipeline is shutting down.
+    pub async fn reject(
+        &mut self,
+        tag: Tag,
+        node: &str,
+        rejected: Vec<Rejected>,
+    ) -> Result<(), EmitError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let node: Arc<str> = node.into();
+        let items = rejected
+            .into_iter()
+            .map(|r| (tag.clone(), r, node.clone()))
+            .collect();
+        self.send_to_errors(items, self.flow).await
+    }
+
     /// Sends events that a plugin refused to the `errors` label (or logs and
     /// counts them when there is none). `from_flow` is where they were refused;
     /// events refused inside the `errors` label itself are never sent back to

@@ -719,3 +719,53 @@ fn shadowed_matches_warn_and_relabel_loops_are_refused() {
         "{errs:#?}"
     );
 }
+
+#[tokio::test]
+async fn inputs_can_send_unparsable_input_to_the_errors_label() {
+    struct Garbled;
+    #[async_trait]
+    impl Input for Garbled {
+        async fn run(self: Box<Self>, mut ctx: InputContext) -> Result<(), PluginError> {
+            let mut raw = Record::new();
+            raw.insert("message", json!("{not json"));
+            let rejected = vec![Rejected {
+                event: Event::new(EventTime::now(), raw),
+                reason: "invalid JSON".into(),
+            }];
+            ctx.emitter
+                .reject(Tag::parse("in.x").unwrap(), &ctx.id, rejected)
+                .await
+                .unwrap();
+            Ok(())
+        }
+    }
+    let mut h = harness();
+    h.registry.add_input(
+        PluginSpec::new(PluginKind::Input, "garbled", "test"),
+        |_, _| Ok(Box::new(Garbled)),
+    );
+    let spec = PipelineSpec {
+        inputs: vec![NodeSpec::new("garbled")],
+        root: FlowSpec {
+            filters: vec![],
+            matches: vec![m(&["**"], vec![capture("main")])],
+        },
+        labels: vec![LabelSpec {
+            name: "errors".into(),
+            flow: FlowSpec {
+                filters: vec![],
+                matches: vec![m(&["**"], vec![capture("errors")])],
+            },
+        }],
+    };
+    let report = run(&h, spec).await;
+    let sink = h.sink.lock().unwrap();
+    assert_eq!(sink.len(), 1);
+    let (out, tag, rec) = &sink[0];
+    assert_eq!((out.as_str(), tag.as_str()), ("errors", "in.x"));
+    let mut rec = rec.clone();
+    assert_eq!(rec.get("message"), Some(&json!("{not json")));
+    assert_eq!(rec.get("_error"), Some(&json!("invalid JSON")));
+    assert_eq!(rec.get("_error_node"), Some(&json!("garbled#1")));
+    assert_eq!(report.metrics.rejected, 1);
+}
