@@ -25,7 +25,7 @@ use ulog_engine::{
 
 use crate::counters::{preview, ConnCounts, Problem};
 use crate::decode::{add_source, with_format_params, LineDecoder};
-use crate::framing::{fill, LineBuffer, READ_BUF};
+use crate::framing::{fill, LineBuffer};
 use crate::listener::{self, Conn};
 use crate::msgpack_stream::{scan, Scan};
 
@@ -304,7 +304,7 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
         shutdown,
     } = conn;
     let id = &c.decoder.id;
-    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut buf = BytesMut::new();
     let mut need = 1usize;
     let mut counts = ConnCounts::default();
     let end = loop {

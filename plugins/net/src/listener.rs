@@ -6,6 +6,8 @@
 //! batch is in.
 
 use std::future::Future;
+
+use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -41,6 +43,38 @@ impl AsyncRead for NetStream {
             NetStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             NetStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
+    }
+}
+
+impl NetStream {
+    /// Called before a read: when `buf` holds nothing and no data is waiting
+    /// on a plain TCP connection, the buffer's memory is released and this
+    /// waits until data arrives, so an idle connection holds no 256 KiB read
+    /// buffer. A busy connection only pays one readiness check. TLS
+    /// connections keep their buffers (rustls may hold decrypted data the
+    /// socket's readiness does not show).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is read.
+    pub(crate) async fn release_while_idle(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        let NetStream::Plain(tcp) = self else {
+            return Ok(());
+        };
+        if !buf.is_empty() {
+            return Ok(());
+        }
+        if buf.capacity() > 0 {
+            let ready_now = tokio::select! {
+                biased;
+                r = tcp.readable() => Some(r),
+                _ = std::future::ready(()) => None,
+            };
+            if let Some(r) = ready_now {
+                return r;
+            }
+            *buf = BytesMut::new();
+        }
+        tcp.readable().await
     }
 }
 
@@ -135,4 +169,38 @@ pub(crate) async fn serve<F, Fut>(
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_idle_connection_gives_its_read_buffer_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut stream = NetStream::Plain(server);
+        let mut buf = BytesMut::new();
+        client.write_all(b"line\n").await.unwrap();
+        let n = crate::framing::fill(&mut buf, &mut stream).await.unwrap();
+        assert_eq!(n, 5);
+        assert!(buf.capacity() >= crate::framing::READ_BUF);
+        buf.clear();
+        // Nothing more arrives: waiting releases the buffer.
+        let idle = tokio::time::timeout(
+            Duration::from_millis(50),
+            crate::framing::fill(&mut buf, &mut stream),
+        )
+        .await;
+        assert!(idle.is_err(), "nothing was sent");
+        assert_eq!(buf.capacity(), 0);
+        // And reading resumes when data comes.
+        client.write_all(b"more\n").await.unwrap();
+        let n = crate::framing::fill(&mut buf, &mut stream).await.unwrap();
+        assert_eq!(&buf[..n], b"more\n");
+    }
 }

@@ -131,7 +131,7 @@ fn read_len(b: &[u8]) -> LenHeader {
 impl Framer {
     pub(crate) fn new(framing: Framing, max: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(crate::framing::READ_BUF),
+            buf: BytesMut::new(),
             framing,
             max: max.max(1),
             skip: 0,
@@ -355,5 +355,97 @@ mod tests {
         assert_eq!(f.finish(), Err(10));
         frames(&mut f, b"\n\n");
         assert_eq!(f.finish(), Ok(None));
+    }
+
+    /// A small deterministic generator, so no test dependency is needed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn all_frames(framing: Framing, max: usize, stream: &[u8], cuts: &[usize]) -> Vec<String> {
+        let mut f = Framer::new(framing, max);
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&stream.len())) {
+            let (got, broken) = frames(&mut f, &stream[from..to]);
+            out.extend(got);
+            if let Some(b) = broken {
+                out.push(format!("<broken {b}>"));
+                return out;
+            }
+            from = to;
+        }
+        match f.finish() {
+            Ok(Some(rest)) => out.push(String::from_utf8_lossy(&rest).into_owned()),
+            Ok(None) => {}
+            Err(n) => out.push(format!("<cut {n}>")),
+        }
+        out
+    }
+
+    #[test]
+    fn frames_do_not_depend_on_how_the_stream_is_split() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..300 {
+            // A stream of octet-counted and newline frames, some oversized.
+            let mut stream = Vec::new();
+            for _ in 0..(rng.next() % 8) {
+                let len = (rng.next() % 40) as usize;
+                let body: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+                let msg = format!("<13>{body}");
+                if rng.next() & 1 == 0 {
+                    stream.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+                } else {
+                    stream.extend_from_slice(format!("{msg}\n").as_bytes());
+                }
+            }
+            let whole = all_frames(Framing::Auto, 30, &stream, &[]);
+            let mut cuts: Vec<usize> = (0..(rng.next() % 6))
+                .map(|_| (rng.next() as usize) % (stream.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            let split = all_frames(Framing::Auto, 30, &stream, &cuts);
+            // A newline-framed oversized message is reported with however
+            // much was buffered when it crossed the limit.
+            let norm = |v: Vec<String>| -> Vec<String> {
+                v.into_iter()
+                    .map(|l| {
+                        if l.starts_with("<oversized") {
+                            "<oversized>".into()
+                        } else {
+                            l
+                        }
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                norm(whole),
+                norm(split),
+                "round {round}: {:?} cut at {cuts:?}",
+                String::from_utf8_lossy(&stream)
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let alphabet = b"0123456789 <>\n\r\0ab";
+        for _ in 0..3000 {
+            let len = (rng.next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+                .collect();
+            for framing in [Framing::Auto, Framing::OctetCounting, Framing::Newline] {
+                let cut = (rng.next() as usize) % (len + 1);
+                all_frames(framing, 1 + (rng.next() % 20) as usize, &bytes, &[cut]);
+            }
+        }
     }
 }
