@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 use tracing::warn;
-use ulog_engine::{BuildError, Event, EventTime, ParamKind, ParamSpec, Params, Record};
+use ulog_engine::{BuildError, Event, EventTime, ParamKind, ParamSpec, Params, Record, Rejected};
 use ulog_parsers::Parser;
 
 use crate::counters::{preview, ConnCounts, Counters, Problem};
@@ -21,15 +21,38 @@ pub(crate) enum OnError {
     Log,
     /// Keep it as `{<message_key>: "<the line>"}`.
     Keep,
+    /// Send `{<message_key>: "<the line>"}` to the `errors` label with the
+    /// parser's reason.
+    Errors,
+}
+
+/// What one read produced: events for the pipeline, and events refused
+/// with `on_error = "errors"` for the `errors` label.
+#[derive(Default)]
+pub(crate) struct ReadOut {
+    /// Events to emit.
+    pub events: Vec<Event>,
+    /// Events for the `errors` label.
+    pub rejects: Vec<Rejected>,
+}
+
+impl ReadOut {
+    /// An empty result with room for `n` events.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(n),
+            rejects: Vec::new(),
+        }
+    }
 }
 
 /// The `on_error` parameter of the line-reading inputs.
 pub(crate) fn on_error_param() -> ParamSpec {
     ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["log", "keep"]),
+        ParamKind::OneOf(&["log", "keep", "errors"]),
         "log",
-        "What to do with a line the format cannot parse: `log` skips it with a warning (the first 10, then counted and reported when the connection closes); `keep` emits it as `{message = \"<the line>\"}` (the field named by `message_key`).",
+        "What to do with a line the format cannot parse (always warned about: the first 10, then counted and reported when the connection closes): `log` skips it; `keep` emits it as `{message = \"<the line>\"}` (the field named by `message_key`); `errors` sends that record to the `errors` label with the parser's reason in `_error`.",
     )
 }
 
@@ -83,6 +106,7 @@ impl LineDecoder {
         let parser = ulog_parsers::build_parser(params)?;
         let on_error = match params.str("on_error")? {
             "keep" => OnError::Keep,
+            "errors" => OnError::Errors,
             _ => OnError::Log,
         };
         Ok(Self {
@@ -105,12 +129,12 @@ impl LineDecoder {
         line: Line<'_>,
         now: EventTime,
         peer: &SocketAddr,
-        events: &mut Vec<Event>,
+        out: &mut ReadOut,
         counts: &mut ConnCounts,
     ) {
         match line {
             Line::Text { chunk, start, end } => {
-                self.line(chunk, start, end, now, peer, events, counts)
+                self.line(chunk, start, end, now, peer, out, counts)
             }
             Line::Oversized(n) => self.oversized(n, peer, counts),
         }
@@ -126,48 +150,61 @@ impl LineDecoder {
         end: usize,
         now: EventTime,
         peer: &SocketAddr,
-        events: &mut Vec<Event>,
+        out: &mut ReadOut,
         counts: &mut ConnCounts,
     ) {
         match self.parser.parse(chunk.slice(start..end)) {
-            Ok(parsed) => events.push(Event {
+            Ok(parsed) => out.events.push(Event {
                 time: parsed.time.unwrap_or(now),
                 record: parsed.record,
             }),
             Err(e) => {
-                counts.unparsable += 1;
-                let text = &chunk[start..end];
-                let log = self.counters.note(&self.id, Problem::Unparsable);
-                match self.on_error {
-                    OnError::Log => {
-                        if log {
-                            warn!(input = %self.id, %peer, format = %self.format, error = %e, line = %preview(text, 200), "line could not be parsed; skipped");
-                        }
-                    }
-                    OnError::Keep => {
-                        if log {
-                            warn!(input = %self.id, %peer, format = %self.format, error = %e, line = %preview(text, 200), "line could not be parsed; kept as `{}`", self.message_key);
-                        }
-                        events.push(self.kept(text, now));
-                    }
-                }
+                let reason = format!("format {}: {e}", self.format);
+                self.refuse(&chunk[start..end], &reason, now, peer, out, counts);
             }
         }
     }
 
-    /// The `on_error = keep` event for `text`.
-    pub(crate) fn kept(&self, text: &[u8], now: EventTime) -> Event {
+    /// Handles input that could not become a record, per `on_error`: counts
+    /// and logs it, and keeps it as `{<message_key>: text}` or sends that to
+    /// the `errors` label.
+    pub(crate) fn refuse(
+        &self,
+        text: &[u8],
+        reason: &str,
+        now: EventTime,
+        peer: &SocketAddr,
+        out: &mut ReadOut,
+        counts: &mut ConnCounts,
+    ) {
+        counts.unparsable += 1;
+        let log = self.counters.note(&self.id, Problem::Unparsable);
+        let what = match self.on_error {
+            OnError::Log => "skipped",
+            OnError::Keep => "kept as its text",
+            OnError::Errors => "sent to the errors label",
+        };
+        if log {
+            warn!(input = %self.id, %peer, error = %reason, line = %preview(text, 200), "input could not be parsed; {what}");
+        }
+        match self.on_error {
+            OnError::Log => {}
+            OnError::Keep => out.events.push(self.kept(text, now)),
+            OnError::Errors => out.rejects.push(Rejected {
+                event: self.kept(text, now),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+
+    /// The event `{<message_key>: text}`.
+    fn kept(&self, text: &[u8], now: EventTime) -> Event {
         let mut record = Record::new();
         record.insert(
             self.message_key.clone(),
             Value::String(String::from_utf8_lossy(text).into_owned()),
         );
         Event::new(now, record)
-    }
-
-    /// Whether failures are kept as events.
-    pub(crate) fn keeps(&self) -> bool {
-        self.on_error == OnError::Keep
     }
 
     /// Counts and logs an oversized unit of `n` bytes (at least).

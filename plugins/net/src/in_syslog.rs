@@ -32,8 +32,8 @@ use tokio::net::UdpSocket;
 use tracing::{debug, error, info, warn};
 use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
-    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag,
-    Value as PValue,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Rejected,
+    Tag, Value as PValue,
 };
 use ulog_parsers::Parser;
 
@@ -111,9 +111,9 @@ pub fn spec() -> PluginSpec {
     ))
     .param(ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["keep", "log"]),
+        ParamKind::OneOf(&["keep", "log", "errors"]),
         "keep",
-        "Messages that are not syslog (no valid PRI and no syslog header): `keep` emits `{message = \"<the text>\"}` under `<tag>.unmatched`; `log` skips them with a warning (the first 10, then counted).",
+        "Messages that are not syslog (no valid PRI and no syslog header), always warned about (the first 10, then counted): `keep` emits `{message = \"<the text>\"}` under `<tag>.unmatched`; `log` skips them; `errors` sends that record to the `errors` label with the parser's reason.",
     ))
     .param(ParamSpec::optional(
         "source_address_key",
@@ -180,6 +180,7 @@ fn build_parser(format: &str, time_zone: &str) -> Result<Arc<dyn Parser>, BuildE
 enum OnError {
     Keep,
     Log,
+    Errors,
 }
 
 struct Config {
@@ -254,6 +255,7 @@ impl SyslogInput {
                 parser: build_parser(params.str("format")?, params.str("time_zone")?)?,
                 on_error: match params.str("on_error")? {
                     "log" => OnError::Log,
+                    "errors" => OnError::Errors,
                     _ => OnError::Keep,
                 },
                 source_key: params.opt_str("source_address_key")?.map(str::to_string),
@@ -266,8 +268,10 @@ impl SyslogInput {
 
 /// Events of one read, grouped by tag index (few tags per read, so a short
 /// list beats a map).
+/// Messages refused with `on_error = "errors"` are kept apart for the
+/// `errors` label.
 #[derive(Default)]
-struct ByTag(Vec<(usize, Vec<Event>)>);
+struct ByTag(Vec<(usize, Vec<Event>)>, Vec<Rejected>);
 
 impl ByTag {
     fn push(&mut self, tag: usize, e: Event) {
@@ -321,19 +325,32 @@ impl Config {
                         map.insert("message".into(), text(&msg[used..]));
                         (p, record, now)
                     }
-                    None if self.on_error == OnError::Keep => {
+                    None => {
+                        let what = match self.on_error {
+                            OnError::Keep => "kept under `<tag>.unmatched`",
+                            OnError::Log => "skipped",
+                            OnError::Errors => "sent to the errors label",
+                        };
                         if log {
-                            warn!(input = %self.id, %peer, error = %e, text = %preview(&msg, 200), "not a syslog message; kept under `<tag>.unmatched`");
+                            warn!(input = %self.id, %peer, error = %e, text = %preview(&msg, 200), "not a syslog message; {what}");
                         }
                         let mut record = Record::new();
                         record.insert("message", text(&msg));
-                        (UNMATCHED, record, now)
-                    }
-                    None => {
-                        if log {
-                            warn!(input = %self.id, %peer, error = %e, text = %preview(&msg, 200), "not a syslog message; skipped");
+                        match self.on_error {
+                            OnError::Keep => (UNMATCHED, record, now),
+                            OnError::Log => return,
+                            OnError::Errors => {
+                                if let Some(key) = &self.source_key {
+                                    record
+                                        .insert(key.clone(), Value::String(peer.ip().to_string()));
+                                }
+                                out.1.push(Rejected {
+                                    event: Event::new(now, record),
+                                    reason: format!("not a syslog message: {e}"),
+                                });
+                                return;
+                            }
                         }
-                        return;
                     }
                 }
             }
@@ -353,7 +370,15 @@ impl Config {
 
     /// Emits one batch per tag; false when the pipeline no longer accepts.
     async fn emit(&self, emitter: &mut Emitter, out: ByTag, counts: &mut ConnCounts) -> bool {
-        for (tag, events) in out.0 {
+        let ByTag(by_tag, rejects) = out;
+        if !rejects.is_empty() {
+            let tag = self.tags[UNMATCHED].clone();
+            if let Err(e) = emitter.reject(tag, &self.id, rejects).await {
+                error!(input = %self.id, error = %e, "refused messages could not be sent to the errors label");
+                return false;
+            }
+        }
+        for (tag, events) in by_tag {
             let n = events.len();
             if let Err(e) = emitter
                 .emit(Batch::new(self.tags[tag].clone(), events))

@@ -18,13 +18,13 @@ use bytes::BytesMut;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 use ulog_engine::{
-    async_trait, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
+    async_trait, Batch, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
     ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag,
     Value as PValue,
 };
 
 use crate::counters::{preview, ConnCounts, Problem};
-use crate::decode::{add_source, with_format_params, LineDecoder};
+use crate::decode::{add_source, with_format_params, LineDecoder, ReadOut};
 use crate::framing::{fill, LineBuffer};
 use crate::listener::{self, Conn};
 use crate::msgpack_stream::{scan, Scan};
@@ -223,33 +223,34 @@ impl End {
     }
 }
 
-/// Emits a batch; on failure (the pipeline is stopping) says how many events
-/// were not taken and returns false.
-async fn emit(
+/// Emits what one read gave: the events as one batch, then the refused ones
+/// to the `errors` label. On failure (the pipeline is stopping) says how
+/// many events were not taken and returns false.
+pub(crate) async fn emit(
     emitter: &mut Emitter,
     id: &str,
     peer: &SocketAddr,
     tag: &Tag,
-    events: Vec<Event>,
+    out: ReadOut,
     counts: &mut ConnCounts,
 ) -> bool {
-    if events.is_empty() {
-        return true;
-    }
+    let ReadOut { events, rejects } = out;
     let n = events.len();
-    match emitter
-        .emit(ulog_engine::Batch::new(tag.clone(), events))
-        .await
-    {
-        Ok(()) => {
-            counts.events += n as u64;
-            true
-        }
-        Err(e) => {
+    if n > 0 {
+        if let Err(e) = emitter.emit(Batch::new(tag.clone(), events)).await {
             error!(input = id, %peer, events = n, error = %e, "events read from this connection were not accepted");
-            false
+            return false;
+        }
+        counts.events += n as u64;
+    }
+    let r = rejects.len();
+    if r > 0 {
+        if let Err(e) = emitter.reject(tag.clone(), id, rejects).await {
+            error!(input = id, %peer, events = r, error = %e, "refused input could not be sent to the errors label");
+            return false;
         }
     }
+    true
 }
 
 async fn newline_conn(c: Arc<Config>, conn: Conn) {
@@ -274,19 +275,19 @@ async fn newline_conn(c: Arc<Config>, conn: Conn) {
             },
         };
         let now = EventTime::now();
-        let mut events = Vec::with_capacity(cap_hint);
-        lines.drain(|l| c.decoder.take(l, now, &peer, &mut events, &mut counts));
+        let mut out = ReadOut::with_capacity(cap_hint);
+        lines.drain(|l| c.decoder.take(l, now, &peer, &mut out, &mut counts));
         if read.is_err() {
             if lines.pending() > 0 {
                 debug!(input = %id, %peer, bytes = lines.pending(), "stream ended without a final newline; reading the rest as a last line");
             }
-            lines.finish(|l| c.decoder.take(l, now, &peer, &mut events, &mut counts));
+            lines.finish(|l| c.decoder.take(l, now, &peer, &mut out, &mut counts));
         }
         if let (Some(key), Some(ip)) = (&c.source_key, &source_ip) {
-            add_source(&mut events, key, ip);
+            add_source(&mut out.events, key, ip);
         }
-        cap_hint = events.len().max(16);
-        if !emit(&mut emitter, id, &peer, &c.tag, events, &mut counts).await {
+        cap_hint = out.events.len().max(16);
+        if !emit(&mut emitter, id, &peer, &c.tag, out, &mut counts).await {
             break End::Shutdown;
         }
         if let Err(end) = read {
@@ -320,13 +321,13 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
             continue;
         }
         let now = EventTime::now();
-        let mut events = Vec::new();
+        let mut out = ReadOut::default();
         let mut broken = None;
         while !buf.is_empty() {
             match scan(&buf, c.max_line) {
                 Scan::Complete(len) => {
                     let value = buf.split_to(len);
-                    push_msgpack(&c, &value, now, &peer, &mut events, &mut counts);
+                    push_msgpack(&c, &value, now, &peer, &mut out, &mut counts);
                     need = 1;
                 }
                 Scan::Incomplete(n) => {
@@ -339,10 +340,10 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
                 }
             }
         }
-        if let (Some(key), true) = (&c.source_key, !events.is_empty()) {
-            add_source(&mut events, key, &peer.ip().to_string());
+        if let (Some(key), false) = (&c.source_key, out.events.is_empty()) {
+            add_source(&mut out.events, key, &peer.ip().to_string());
         }
-        if !emit(&mut emitter, id, &peer, &c.tag, events, &mut counts).await {
+        if !emit(&mut emitter, id, &peer, &c.tag, out, &mut counts).await {
             break End::Shutdown;
         }
         if let Some(why) = broken {
@@ -369,35 +370,25 @@ fn push_msgpack(
     bytes: &[u8],
     now: EventTime,
     peer: &SocketAddr,
-    events: &mut Vec<Event>,
+    out: &mut ReadOut,
     counts: &mut ConnCounts,
 ) {
-    let id = &c.decoder.id;
-    let problem = match rmpv::decode::read_value(&mut &bytes[..]) {
+    let (problem, text) = match rmpv::decode::read_value(&mut &bytes[..]) {
         Ok(rmpv::Value::Map(entries)) => {
-            events.push(Event::new(
+            out.events.push(Event::new(
                 now,
                 Record::Map(ulog_parsers::msgpack::to_map(entries)),
             ));
             return;
         }
-        Ok(other) => format!("a msgpack {} is not a record (a map)", kind_name(&other)),
-        Err(e) => format!("invalid msgpack value: {e}"),
+        Ok(other) => (
+            format!("a msgpack {} is not a record (a map)", kind_name(&other)),
+            ulog_parsers::msgpack::to_json(other).to_string(),
+        ),
+        Err(e) => (format!("invalid msgpack value: {e}"), preview(bytes, 200)),
     };
-    counts.unparsable += 1;
-    let log = c.decoder.counters.note(id, Problem::Unparsable);
-    if c.decoder.keeps() {
-        if log {
-            warn!(input = %id, %peer, error = %problem, "msgpack value kept as text");
-        }
-        let text = match rmpv::decode::read_value(&mut &bytes[..]) {
-            Ok(v) => ulog_parsers::msgpack::to_json(v).to_string(),
-            Err(_) => preview(bytes, bytes.len()),
-        };
-        events.push(c.decoder.kept(text.as_bytes(), now));
-    } else if log {
-        warn!(input = %id, %peer, error = %problem, "msgpack value skipped");
-    }
+    c.decoder
+        .refuse(text.as_bytes(), &problem, now, peer, out, counts);
 }
 
 fn kind_name(v: &rmpv::Value) -> &'static str {

@@ -18,13 +18,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use tracing::{error, info, warn};
 use ulog_engine::{
-    async_trait, Batch, BuildContext, BuildError, CancellationToken, Event, EventTime, Input,
+    async_trait, Batch, BuildContext, BuildError, CancellationToken, EventTime, Input,
     InputContext, ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Registry, Tag,
     Value as PValue,
 };
 
 use crate::counters::ConnCounts;
-use crate::decode::{add_source, with_format_params, LineDecoder};
+use crate::decode::{add_source, with_format_params, LineDecoder, ReadOut};
 use crate::in_tcp::max_size;
 
 /// The default `listen` address.
@@ -100,10 +100,10 @@ impl UdpInput {
         dgram: &Bytes,
         peer: &SocketAddr,
         now: EventTime,
-        events: &mut Vec<Event>,
+        out: &mut ReadOut,
         counts: &mut ConnCounts,
     ) {
-        let first = events.len();
+        let first = out.events.len();
         let mut start = 0;
         while start < dgram.len() {
             let nl = memchr::memchr(b'\n', &dgram[start..]).map_or(dgram.len(), |i| start + i);
@@ -112,13 +112,12 @@ impl UdpInput {
                 end -= 1;
             }
             if dgram[start..end].iter().any(|b| !b.is_ascii_whitespace()) {
-                self.decoder
-                    .line(dgram, start, end, now, peer, events, counts);
+                self.decoder.line(dgram, start, end, now, peer, out, counts);
             }
             start = nl + 1;
         }
         if let Some(key) = &self.source_key {
-            add_source(&mut events[first..], key, &peer.ip().to_string());
+            add_source(&mut out.events[first..], key, &peer.ip().to_string());
         }
     }
 }
@@ -196,28 +195,32 @@ impl Input for UdpInput {
         let mut counts = ConnCounts::default();
         let mut cap_hint = 16;
         while let Some(now) = burst.recv(&socket, &ctx.shutdown, &mut received).await {
-            let mut events = Vec::with_capacity(cap_hint);
+            let mut out = ReadOut::with_capacity(cap_hint);
             for r in received.drain(..) {
                 match r {
                     Ok((dgram, peer)) if dgram.len() > self.max_message => {
                         self.decoder.oversized(dgram.len(), &peer, &mut counts)
                     }
-                    Ok((dgram, peer)) => {
-                        self.datagram(&dgram, &peer, now, &mut events, &mut counts)
-                    }
+                    Ok((dgram, peer)) => self.datagram(&dgram, &peer, now, &mut out, &mut counts),
                     Err(e) => warn!(input = %ctx.id, error = %e, "receiving a datagram failed"),
                 }
             }
-            cap_hint = events.len().max(16);
-            if events.is_empty() {
-                continue;
-            }
+            cap_hint = out.events.len().max(16);
+            let ReadOut { events, rejects } = out;
             let n = events.len();
-            if let Err(e) = ctx.emitter.emit(Batch::new(self.tag.clone(), events)).await {
-                error!(input = %ctx.id, events = n, error = %e, "received datagrams were not accepted");
-                break;
+            if n > 0 {
+                if let Err(e) = ctx.emitter.emit(Batch::new(self.tag.clone(), events)).await {
+                    error!(input = %ctx.id, events = n, error = %e, "received datagrams were not accepted");
+                    break;
+                }
+                counts.events += n as u64;
             }
-            counts.events += n as u64;
+            if !rejects.is_empty() {
+                if let Err(e) = ctx.emitter.reject(self.tag.clone(), &ctx.id, rejects).await {
+                    error!(input = %ctx.id, error = %e, "refused datagrams could not be sent to the errors label");
+                    break;
+                }
+            }
         }
         self.decoder.counters.report(&ctx.id);
         Ok(())

@@ -407,6 +407,32 @@ async fn on_error_log_skips_what_is_not_syslog() {
 }
 
 #[tokio::test]
+async fn on_error_errors_sends_what_is_not_syslog_to_the_errors_label() {
+    let sink = Sink::default();
+    let errors = Sink::default();
+    let port = free_tcp_port();
+    let running = start(
+        &registry(&[("out", sink.clone()), ("errors", errors.clone())]),
+        vec![syslog_input(port, "tcp").param("on_error", "errors")],
+        vec![capture_all("out")],
+        Some("errors"),
+    );
+    write_tcp(port, b"just text\n<14>1 - h app - - - kept\n").await;
+    let rejected = errors.wait_for(1).await;
+    sink.wait_for(1).await;
+    assert_eq!(find(&sink, "kept").0, "syslog.user.info");
+    let (tag, e) = &rejected[0];
+    assert_eq!(tag, "syslog.unmatched");
+    let rec = e.record.to_map();
+    assert_eq!(rec["message"], "just text");
+    assert!(rec["_error"]
+        .as_str()
+        .unwrap()
+        .contains("not a syslog message"));
+    stop(running).await;
+}
+
+#[tokio::test]
 async fn oversized_and_multiline_octet_counted_frames() {
     let (logs, _guard) = LogCapture::install();
     let sink = Sink::default();

@@ -156,7 +156,10 @@ async fn malformed_json_is_logged_and_skipped_by_default() {
     sink.wait_for(2).await;
     let text = logs.wait_for("unparsable=3").await;
     assert_eq!(sink.json(), [json!({"ok":1}), json!({"ok":2})]);
-    assert!(text.contains("line could not be parsed; skipped"), "{text}");
+    assert!(
+        text.contains("input could not be parsed; skipped"),
+        "{text}"
+    );
     assert!(
         text.contains("not json at all"),
         "the line is shown: {text}"
@@ -187,6 +190,38 @@ async fn malformed_json_is_kept_as_message_with_on_error_keep() {
             json!({"message":"{\"broken\":"}),
             json!({"message":"plain text"})
         ]
+    );
+    stop(running).await;
+}
+
+#[tokio::test]
+async fn malformed_json_goes_to_the_errors_label_with_on_error_errors() {
+    let sink = Sink::default();
+    let errors = Sink::default();
+    let port = free_tcp_port();
+    let running = start(
+        &registry(&[("out", sink.clone()), ("errors", errors.clone())]),
+        vec![tcp_input(port).param("on_error", "errors")],
+        vec![capture_all("out")],
+        Some("errors"),
+    );
+    let mut c = connect(port).await;
+    c.write_all(b"{\"ok\":1}\n{\"broken\":\n{\"ok\":2}\n")
+        .await
+        .unwrap();
+    drop(c);
+    sink.wait_for(2).await;
+    let rejected = errors.wait_for(1).await;
+    assert_eq!(sink.json(), [json!({"ok":1}), json!({"ok":2})]);
+    assert_eq!(rejected.len(), 1);
+    let (tag, e) = &rejected[0];
+    assert_eq!(tag, "app.tcp");
+    let rec = e.record.to_map();
+    assert_eq!(rec["message"], json!("{\"broken\":"));
+    assert_eq!(rec["_error_node"], json!("in"));
+    assert!(
+        rec["_error"].as_str().unwrap().contains("format json"),
+        "{rec:?}"
     );
     stop(running).await;
 }
@@ -399,7 +434,13 @@ async fn msgpack_garbage_closes_only_that_connection() {
             json!({"good": 3})
         ]
     );
-    let text = logs.wait_for("msgpack value skipped").await;
+    let text = logs
+        .wait_for("a msgpack array is not a record (a map)")
+        .await;
+    assert!(
+        text.contains("input could not be parsed; skipped"),
+        "{text}"
+    );
     assert!(
         text.contains("not a msgpack stream; closing this connection"),
         "{text}"

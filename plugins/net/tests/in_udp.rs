@@ -71,7 +71,7 @@ async fn datagrams_and_lines_within_them() {
     sock.send_to(b"{\"c\":1}\0", to).await.unwrap();
     sink.wait_for(probes + 4).await;
     logs.wait_for("input longer than the maximum size").await;
-    logs.wait_for("line could not be parsed; skipped").await;
+    logs.wait_for("input could not be parsed; skipped").await;
     assert_eq!(
         without_probes(&sink),
         [
