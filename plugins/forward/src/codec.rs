@@ -584,28 +584,29 @@ impl EventSink {
         })
     }
 
+    /// A time from a scalar. As in fluentd, a time whose whole seconds are
+    /// 0 (an unset time) means "now".
     fn scalar_time(&mut self, item: Item<'_>) -> Result<EventTime, String> {
-        match item {
-            Item::UInt(0) | Item::Int(0) | Item::Nil => Ok(self.now()),
-            Item::UInt(s) => Ok(EventTime::from_secs_nanos(
-                i64::try_from(s).unwrap_or(i64::MAX),
-                0,
-            )),
-            Item::Int(s) => Ok(EventTime::from_secs_nanos(s, 0)),
-            Item::F32(f) if f.is_finite() => Ok(EventTime::from_secs_f64(f64::from(f))),
-            Item::F64(f) if f.is_finite() => Ok(EventTime::from_secs_f64(f)),
-            Item::Ext(EVENT_TIME_EXT, data) => match event_time_from_ext(data) {
-                Ok(t) if t.unix_nanos() == 0 => Ok(self.now()),
-                other => other,
-            },
-            Item::Ext(ty, _) => Err(format!(
-                "the time is an ext value of type {ty}; only EventTime (type 0) is known"
-            )),
-            other => Err(format!(
-                "the time must be an integer or EventTime, got {}",
-                other.kind()
-            )),
-        }
+        let t = match item {
+            Item::Nil => EventTime::from_unix_nanos(0),
+            Item::UInt(s) => EventTime::from_secs_nanos(i64::try_from(s).unwrap_or(i64::MAX), 0),
+            Item::Int(s) => EventTime::from_secs_nanos(s, 0),
+            Item::F32(f) if f.is_finite() => EventTime::from_secs_f64(f64::from(f)),
+            Item::F64(f) if f.is_finite() => EventTime::from_secs_f64(f),
+            Item::Ext(EVENT_TIME_EXT, data) => event_time_from_ext(data)?,
+            Item::Ext(ty, _) => {
+                return Err(format!(
+                    "the time is an ext value of type {ty}; only EventTime (type 0) is known"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "the time must be an integer or EventTime, got {}",
+                    other.kind()
+                ))
+            }
+        };
+        Ok(if t.secs() == 0 { self.now() } else { t })
     }
 
     /// Every entry of a PackedForward payload.
