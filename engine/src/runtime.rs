@@ -368,7 +368,9 @@ struct Builder<'a> {
     errors: Vec<SpecError>,
     ids: HashMap<Site, String>,
     seen_ids: HashMap<String, Site>,
-    per_type: HashMap<(PluginKind, String), usize>,
+    /// Default ids count per type name across kinds, so an input and an
+    /// output of the same type (`tcp`) get distinct ids.
+    per_type: HashMap<String, usize>,
 }
 
 impl Builder<'_> {
@@ -429,10 +431,7 @@ impl Builder<'_> {
         let id = match params.opt_str("id") {
             Ok(Some(id)) => id.to_string(),
             _ => {
-                let n = self
-                    .per_type
-                    .entry((kind, node.plugin.clone()))
-                    .or_insert(0);
+                let n = self.per_type.entry(node.plugin.clone()).or_insert(0);
                 *n += 1;
                 format!("{}#{}", node.plugin, n)
             }

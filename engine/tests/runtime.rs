@@ -769,3 +769,43 @@ async fn inputs_can_send_unparsable_input_to_the_errors_label() {
     assert_eq!(rec.get("_error_node"), Some(&json!("garbled#1")));
     assert_eq!(report.metrics.rejected, 1);
 }
+
+#[test]
+fn an_input_and_an_output_of_the_same_type_get_distinct_default_ids() {
+    let mut h = harness();
+    h.registry.add_output(
+        PluginSpec::new(
+            PluginKind::Output,
+            "burst",
+            "an output sharing the input's type name",
+        ),
+        |_, _| {
+            Ok(Box::new(Capture {
+                id: "x".into(),
+                sink: Arc::default(),
+                fail_first: None,
+                reject_field: None,
+                gate: None,
+            }))
+        },
+    );
+    let spec = PipelineSpec {
+        inputs: vec![burst(&["a"], 1)],
+        root: FlowSpec {
+            filters: vec![],
+            matches: vec![m(&["**"], vec![NodeSpec::new("burst")])],
+        },
+        labels: vec![],
+    };
+    let (_, ids) = Pipeline::build_with_ids(&spec, &h.registry, BuildOptions::default())
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(ids.ids[&Site::Input(0)], "burst#1");
+    assert_eq!(
+        ids.ids[&Site::Output {
+            label: None,
+            index: 0,
+            output: 0
+        }],
+        "burst#2"
+    );
+}

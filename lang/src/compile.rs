@@ -745,10 +745,10 @@ fn shadow_warnings(spec: &PipelineSpec, shadows: &Shadows) -> Vec<SpecError> {
 }
 
 /// The ids the engine gives nodes: explicit `id`, else `<type>#<n>` counted
-/// per kind and type, inputs first, then each flow's filters and outputs.
+/// per type name (across kinds), inputs first, then each flow's filters and outputs.
 fn node_ids(spec: &PipelineSpec) -> HashMap<String, Site> {
     let mut ids = HashMap::new();
-    let mut counters: HashMap<(PluginKind, &str), usize> = HashMap::new();
+    let mut counters: HashMap<&str, usize> = HashMap::new();
     let mut order: Vec<(Site, PluginKind, &NodeSpec)> = Vec::new();
     for (i, n) in spec.inputs.iter().enumerate() {
         order.push((Site::Input(i), PluginKind::Input, n));
@@ -768,13 +768,13 @@ fn node_ids(spec: &PipelineSpec) -> HashMap<String, Site> {
             }
         }
     }
-    for (site, kind, node) in order {
+    for (site, _kind, node) in order {
         let explicit = node.params.iter().find_map(|(k, v)| match v {
             EValue::Str(s) if k == "id" => Some(s.clone()),
             _ => None,
         });
         let id = explicit.unwrap_or_else(|| {
-            let n = counters.entry((kind, node.plugin.as_str())).or_insert(0);
+            let n = counters.entry(node.plugin.as_str()).or_insert(0);
             *n += 1;
             format!("{}#{n}", node.plugin)
         });
