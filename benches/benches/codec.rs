@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ulog_benches::{apache_json_line, json_batch};
 use ulog_engine::Record;
-use ulog_plugins_forward::codec::{EncodeMode, Compression};
+use ulog_plugins_forward::codec::{Compression, EncodeMode};
 use ulog_plugins_forward::{decode_frames, Encoder};
 
 fn bench(c: &mut Criterion) {
@@ -32,9 +32,17 @@ fn bench(c: &mut Criterion) {
         })
     });
     for (name, mode, compression) in [
-        ("forward_packed_1024", EncodeMode::PackedForward, Compression::Text),
+        (
+            "forward_packed_1024",
+            EncodeMode::PackedForward,
+            Compression::Text,
+        ),
         ("forward_mode_1024", EncodeMode::Forward, Compression::Text),
-        ("forward_gzip_1024", EncodeMode::PackedForward, Compression::Gzip),
+        (
+            "forward_gzip_1024",
+            EncodeMode::PackedForward,
+            Compression::Gzip,
+        ),
     ] {
         let mut frame = Vec::new();
         Encoder::new(mode, compression).encode("bench.access", &batch.events, None, &mut frame);

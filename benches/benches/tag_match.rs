@@ -12,7 +12,9 @@ fn bench(c: &mut Criterion) {
     for n in [10usize, 100, 1000] {
         let table = MatchTable::new(pattern_blocks(n));
         // A tag that only the last block's wildcard takes: the worst case.
-        let unseen: Vec<Tag> = (0..1024).map(|i| Tag::new_unchecked(&format!("zz.host{i}.metrics"))).collect();
+        let unseen: Vec<Tag> = (0..1024)
+            .map(|i| Tag::new_unchecked(&format!("zz.host{i}.metrics")))
+            .collect();
         assert_eq!(table.first_match(unseen[0].as_str()), Some(n - 1));
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("unseen_tag_uncached", n), &n, |b, _| {
@@ -26,7 +28,11 @@ fn bench(c: &mut Criterion) {
         let seen = Tag::new_unchecked("zz.host1.metrics");
         cache.get_or_insert_with(&seen, || table.first_match(seen.as_str()));
         group.bench_with_input(BenchmarkId::new("seen_tag_cached", n), &n, |b, _| {
-            b.iter(|| black_box(cache.get_or_insert_with(black_box(&seen), || table.first_match(seen.as_str()))))
+            b.iter(|| {
+                black_box(
+                    cache.get_or_insert_with(black_box(&seen), || table.first_match(seen.as_str())),
+                )
+            })
         });
     }
     group.finish();

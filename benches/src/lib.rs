@@ -4,7 +4,10 @@
 use bytes::Bytes;
 use ulog_engine::pattern::{PatternSet, TagPattern};
 use ulog_engine::spec::{FlowSpec, MatchSpec, NodeSpec, PipelineSpec};
-use ulog_engine::{async_trait, Batch, BuildOptions, Delivery, Event, EventTime, Output, Pipeline, PluginKind, PluginSpec, Record, Registry, Tag};
+use ulog_engine::{
+    async_trait, Batch, BuildOptions, Delivery, Event, EventTime, Output, Pipeline, PluginKind,
+    PluginSpec, Record, Registry, Tag,
+};
 
 /// The pattern text of block `i` of `n`: a mix of exact tags, `prefix.**`,
 /// one-part wildcards and alternatives, with a catch-all wildcard last.
@@ -23,13 +26,24 @@ pub fn pattern_text(i: usize, n: usize) -> String {
 /// `n` blocks of one pattern each, see [`pattern_text`].
 pub fn pattern_blocks(n: usize) -> Vec<PatternSet> {
     (0..n)
-        .map(|i| PatternSet::new(vec![TagPattern::new(&pattern_text(i, n)).expect("valid pattern")]))
+        .map(|i| {
+            PatternSet::new(vec![
+                TagPattern::new(&pattern_text(i, n)).expect("valid pattern")
+            ])
+        })
         .collect()
 }
 
 /// A batch of `n` ~120-byte JSON events (apache common log lines in `msg`).
 pub fn json_batch(tag: &str, n: usize) -> Batch {
-    let events = (0..n).map(|i| Event::new(EventTime::now(), Record::from_json_bytes(Bytes::from(apache_json_line(i))).expect("valid json"))).collect();
+    let events = (0..n)
+        .map(|i| {
+            Event::new(
+                EventTime::now(),
+                Record::from_json_bytes(Bytes::from(apache_json_line(i))).expect("valid json"),
+            )
+        })
+        .collect();
     Batch::new(Tag::parse(tag).expect("valid tag"), events)
 }
 
@@ -59,11 +73,23 @@ impl Output for Discard {
 /// discarding output, and no inputs: drive it with `Running::emitter()`.
 pub fn routing_pipeline(n: usize) -> Pipeline {
     let mut registry = Registry::new();
-    registry.add_output(PluginSpec::new(PluginKind::Output, "discard", "drops everything"), |_, _| Ok(Box::new(Discard)));
+    registry.add_output(
+        PluginSpec::new(PluginKind::Output, "discard", "drops everything"),
+        |_, _| Ok(Box::new(Discard)),
+    );
     let matches = (0..n)
-        .map(|i| MatchSpec { patterns: vec![pattern_text(i, n)], outputs: vec![NodeSpec::new("discard")] })
+        .map(|i| MatchSpec {
+            patterns: vec![pattern_text(i, n)],
+            outputs: vec![NodeSpec::new("discard")],
+        })
         .collect();
-    let spec = PipelineSpec { inputs: vec![], root: FlowSpec { filters: vec![], matches }, labels: vec![] };
+    let spec = PipelineSpec {
+        inputs: vec![],
+        root: FlowSpec {
+            filters: vec![],
+            matches,
+        },
+        labels: vec![],
+    };
     Pipeline::build(&spec, &registry, BuildOptions::default()).expect("valid pipeline")
 }
-

@@ -22,7 +22,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-const CASES: &[&str] = &["relay", "tcp-null", "tcp-tcp", "tail-tcp", "regex-tcp", "tcp-http"];
+const CASES: &[&str] = &[
+    "relay",
+    "tcp-null",
+    "tcp-tcp",
+    "tail-tcp",
+    "regex-tcp",
+    "tcp-http",
+];
 
 /// Fluent Bit 5.1 on this kind of machine, MiB/s (the brief's figures).
 fn fluent_bit(case: &str) -> Option<f64> {
@@ -48,7 +55,9 @@ fn main() -> Result<()> {
 /// `gen ADDR CORPUS BYTES`: write the corpus repeatedly until BYTES are sent
 /// (whole lines), half-close, wait for the peer to close.
 fn generate(args: &[String]) -> Result<()> {
-    let [addr, corpus, total] = args else { bail!("usage: gen ADDR CORPUS BYTES") };
+    let [addr, corpus, total] = args else {
+        bail!("usage: gen ADDR CORPUS BYTES")
+    };
     let corpus = std::fs::read(corpus)?;
     let total: usize = total.parse()?;
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -65,21 +74,30 @@ fn generate(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `relay LISTEN TARGET`: the ceiling — copy bytes, no parsing.
+/// `relay LISTEN TARGET`: the ceiling — copy bytes, no parsing. Connections
+/// that close without sending anything (readiness probes) are ignored; the
+/// relay ends after the first connection that carried data.
 fn relay(listen: &str, target: &str) -> Result<()> {
     let l = TcpListener::bind(listen)?;
-    let (mut inbound, _) = l.accept()?;
-    let mut outbound = TcpStream::connect(target)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        let (mut inbound, _) = l.accept()?;
         let n = inbound.read(&mut buf)?;
         if n == 0 {
-            break;
+            continue;
         }
+        let mut outbound = TcpStream::connect(target)?;
         outbound.write_all(&buf[..n])?;
+        loop {
+            let n = inbound.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            outbound.write_all(&buf[..n])?;
+        }
+        outbound.shutdown(Shutdown::Write)?;
+        return Ok(());
     }
-    outbound.shutdown(Shutdown::Write)?;
-    Ok(())
 }
 
 struct Setup {
@@ -108,15 +126,31 @@ fn bench(args: &[String]) -> Result<()> {
     if !cases.iter().any(|c| c == "relay") {
         cases.insert(0, "relay".into());
     }
-    let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+    let exe_dir = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_path_buf();
     if let Ok(cargo) = std::env::var("CARGO") {
-        let status = Command::new(cargo).args(["build", "--release", "-q", "-p", "ulog-cli", "--bin", "ulog"]).status()?;
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "ulog-cli",
+                "--bin",
+                "ulog",
+            ])
+            .status()?;
         if !status.success() {
             bail!("building ulog failed");
         }
     }
     if !exe_dir.join("ulog").exists() {
-        bail!("{} not found: run `cargo build --release -p ulog-cli` first", exe_dir.join("ulog").display());
+        bail!(
+            "{} not found: run `cargo build --release -p ulog-cli` first",
+            exe_dir.join("ulog").display()
+        );
     }
     let work = std::env::temp_dir().join(format!("ulog-throughput-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -143,9 +177,14 @@ fn bench(args: &[String]) -> Result<()> {
         setup.lines,
         corpus.len() as f64 / lines_in_corpus as f64,
         setup.bytes as f64 / (1 << 20) as f64,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    println!("{:<10} {:>9} {:>12} {:>9} {:>10} {:>9} {:>12}", "case", "MiB/s", "events/s", "CPU", "peak RSS", "of relay", "Fluent Bit");
+    println!(
+        "{:<10} {:>9} {:>12} {:>9} {:>10} {:>9} {:>12}",
+        "case", "MiB/s", "events/s", "CPU", "peak RSS", "of relay", "Fluent Bit"
+    );
     let mut relay_rate = None;
     let mut failures = 0;
     for case in &cases {
@@ -155,8 +194,12 @@ fn bench(args: &[String]) -> Result<()> {
                 if case == "relay" {
                     relay_rate = Some(rate);
                 }
-                let share = relay_rate.map(|c| format!("{:.0}%", 100.0 * rate / c)).unwrap_or_default();
-                let fb = fluent_bit(case).map(|f| format!("{f:.0} ({:.2}x)", rate / f)).unwrap_or_default();
+                let share = relay_rate
+                    .map(|c| format!("{:.0}%", 100.0 * rate / c))
+                    .unwrap_or_default();
+                let fb = fluent_bit(case)
+                    .map(|f| format!("{f:.0} ({:.2}x)", rate / f))
+                    .unwrap_or_default();
                 println!(
                     "{:<10} {:>9.1} {:>12.0} {:>8.2}c {:>7.1}MiB {:>9} {:>12}",
                     case,
@@ -230,7 +273,8 @@ fn http_sink() -> Result<(u16, Arc<AtomicU64>)> {
         for conn in l.incoming().flatten() {
             let c = c.clone();
             std::thread::spawn(move || {
-                let mut reader = BufReader::with_capacity(256 * 1024, conn.try_clone().expect("clone"));
+                let mut reader =
+                    BufReader::with_capacity(256 * 1024, conn.try_clone().expect("clone"));
                 let mut writer = conn;
                 loop {
                     let mut len = 0usize;
@@ -254,9 +298,15 @@ fn http_sink() -> Result<(u16, Arc<AtomicU64>)> {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
-                    let records = body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+                    let records = body
+                        .split(|&b| b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .count() as u64;
                     c.fetch_add(records, Ordering::Relaxed);
-                    if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+                    if writer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -279,7 +329,11 @@ fn proc_stats(pid: u32) -> (f64, u64) {
         .unwrap_or(0.0);
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0);
     (cpu, rss)
 }
@@ -324,13 +378,21 @@ fn wait_count(count: &AtomicU64, want: u64, child: &mut Child, log: &Path) -> Re
     let mut last = (0, Instant::now());
     while count.load(Ordering::Relaxed) < want {
         if let Some(status) = child.try_wait()? {
-            bail!("exited ({status}) after {} of {want} events; log: {}", count.load(Ordering::Relaxed), log.display());
+            bail!(
+                "exited ({status}) after {} of {want} events; log: {}",
+                count.load(Ordering::Relaxed),
+                log.display()
+            );
         }
         let now = count.load(Ordering::Relaxed);
         if now != last.0 {
             last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(20) {
-            bail!("stalled at {now} of {want} events after {:?}; log: {}", start.elapsed(), log.display());
+            bail!(
+                "stalled at {now} of {want} events after {:?}; log: {}",
+                start.elapsed(),
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -338,7 +400,9 @@ fn wait_count(count: &AtomicU64, want: u64, child: &mut Child, log: &Path) -> Re
 }
 
 fn stop(child: &mut Child) -> Result<()> {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
     let start = Instant::now();
     while child.try_wait()?.is_none() {
         if start.elapsed() > Duration::from_secs(60) {
@@ -353,7 +417,11 @@ fn stop(child: &mut Child) -> Result<()> {
 fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
     let in_port = free_port()?;
     let log = setup.work.join(format!("{case}.log"));
-    let (sink_port, count) = if case == "tcp-http" { http_sink()? } else { tcp_sink()? };
+    let (sink_port, count) = if case == "tcp-http" {
+        http_sink()?
+    } else {
+        tcp_sink()?
+    };
     let tcp_out = format!("tcp {{ host = \"127.0.0.1\"  port = {sink_port}  format = \"json\" }}");
     let tcp_in = format!("input tcp {{ listen = \"127.0.0.1:{in_port}\"  tag = \"bench\" }}");
     let routes = match case {
@@ -392,8 +460,16 @@ fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
     if case != "tail-tcp" {
         wait_port(in_port, &mut child)?;
     }
-    let start = if case == "tail-tcp" { started } else { Instant::now() };
-    let mut gen = if case == "tail-tcp" { None } else { Some(generator(setup, in_port)?) };
+    let start = if case == "tail-tcp" {
+        started
+    } else {
+        Instant::now()
+    };
+    let mut gen = if case == "tail-tcp" {
+        None
+    } else {
+        Some(generator(setup, in_port)?)
+    };
     if case == "tcp-null" {
         // Nothing to count downstream: wait until ulog has read everything
         // (the generator returns when ulog closes the connection).
@@ -418,11 +494,19 @@ fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
     if let Some(mut g) = gen {
         g.wait()?;
     }
-    let got = if case == "tcp-null" { null_events_out(&log)? } else { count.load(Ordering::Relaxed) };
+    let got = if case == "tcp-null" {
+        null_events_out(&log)?
+    } else {
+        count.load(Ordering::Relaxed)
+    };
     if got != setup.lines {
         bail!("received {got} events, expected {}", setup.lines);
     }
-    Ok(CaseResult { seconds, cpu_seconds: cpu, peak_rss_kib: rss })
+    Ok(CaseResult {
+        seconds,
+        cpu_seconds: cpu,
+        peak_rss_kib: rss,
+    })
 }
 
 /// The `events_out` total ulog logged for its null output when it stopped.
@@ -430,6 +514,9 @@ fn null_events_out(log: &Path) -> Result<u64> {
     let text = std::fs::read_to_string(log)?;
     text.lines()
         .filter(|l| l.contains("node=null#1"))
-        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("events_out=")?.parse().ok()))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("events_out=")?.parse().ok())
+        })
         .with_context(|| format!("no totals for null#1 in {}", log.display()))
 }
