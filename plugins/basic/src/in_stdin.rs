@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
-    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Tag,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Registry, Rejected,
+    Tag,
 };
 use ulog_parsers::Parser;
 
@@ -42,11 +43,12 @@ pub fn spec() -> PluginSpec {
     ))
     .param(ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["log", "keep"]),
+        ParamKind::OneOf(&["log", "keep", "errors"]),
         "log",
-        "What happens to a line the format cannot parse: `log` counts it and logs the first \
-         ones (line number and reason), dropping it; `keep` does the same and also emits it \
-         as {<message_key>: <line>}.",
+        "What happens to a line the format cannot parse (always counted, the first 10 logged \
+         with line number and reason): `log` drops it; `keep` emits it as \
+         {<message_key>: <line>}; `errors` sends that record to the `errors` label with the \
+         parser's reason in `_error`.",
     ))
     .param(ParamSpec::with_default(
         "max_line_size",
@@ -91,9 +93,11 @@ impl StdinInput {
             lines: LineReader {
                 tag,
                 parser: ulog_parsers::build_parser(params)?,
-                keep_bad: (params.str("on_error")? == "keep")
-                    .then(|| params.str("message_key").map(str::to_string))
-                    .transpose()?,
+                on_error: match params.str("on_error")? {
+                    "keep" => OnError::Keep(params.str("message_key")?.to_string()),
+                    "errors" => OnError::Errors(params.str("message_key")?.to_string()),
+                    _ => OnError::Log,
+                },
                 max_line: usize::try_from(max).unwrap_or(usize::MAX),
                 line_no: 0,
                 bad: 0,
@@ -108,11 +112,30 @@ impl Input for StdinInput {
     async fn run(self: Box<Self>, ctx: InputContext) -> Result<(), PluginError> {
         let mut lines = self.lines;
         let result = lines
-            .read_all(tokio::io::stdin(), ctx.emitter, &ctx.shutdown)
+            .read_all(tokio::io::stdin(), ctx.emitter, &ctx.shutdown, &ctx.id)
             .await;
         debug!(input = %ctx.id, lines = lines.line_no, "stdin input stopped");
         result
     }
+}
+
+/// What happens to a line that does not parse (it is always counted and,
+/// the first few times, logged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum OnError {
+    /// Drop it.
+    Log,
+    /// Emit `{<key>: <line>}`.
+    Keep(String),
+    /// Send `{<key>: <line>}` to the `errors` label with the reason.
+    Errors(String),
+}
+
+/// The events and refused lines of one read.
+#[derive(Default)]
+struct Chunk {
+    events: Vec<Event>,
+    rejects: Vec<Rejected>,
 }
 
 /// Splits a byte stream into lines, parses them and emits one batch per read.
@@ -120,8 +143,7 @@ impl Input for StdinInput {
 pub struct LineReader {
     tag: Tag,
     parser: Arc<dyn Parser>,
-    /// With `on_error = "keep"`: the field that receives a bad line.
-    keep_bad: Option<String>,
+    on_error: OnError,
     max_line: usize,
     line_no: u64,
     bad: u64,
@@ -140,6 +162,7 @@ impl LineReader {
         mut reader: R,
         mut emitter: Emitter,
         shutdown: &ulog_engine::CancellationToken,
+        node: &str,
     ) -> Result<(), PluginError> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut scanned = 0;
@@ -155,13 +178,13 @@ impl LineReader {
                     Err(e) => break Err(PluginError::with_source("reading standard input", e)),
                 },
             };
-            let mut events = Vec::new();
+            let mut chunk = Chunk::default();
             if n == 0 {
                 // End of input: a last line without a newline still counts.
                 if !buf.is_empty() && !self.discarding {
-                    self.line(buf.split().freeze(), EventTime::now(), &mut events);
+                    self.line(buf.split().freeze(), EventTime::now(), &mut chunk);
                 }
-                self.emit(&mut emitter, events).await;
+                self.emit(&mut emitter, chunk, node).await;
                 break Ok(());
             }
             let now = EventTime::now();
@@ -170,7 +193,7 @@ impl LineReader {
                     let complete = buf.split_to(scanned + i + 1).freeze();
                     // What is left is a partial line: no newline in it.
                     scanned = buf.len();
-                    self.lines(complete, now, &mut events);
+                    self.lines(complete, now, &mut chunk);
                 }
                 None => scanned = buf.len(),
             }
@@ -185,25 +208,31 @@ impl LineReader {
                 buf.clear();
                 scanned = 0;
             }
-            if !self.emit(&mut emitter, events).await {
+            if !self.emit(&mut emitter, chunk, node).await {
                 break Ok(());
             }
         };
         if self.bad > 0 {
             warn!(tag = %self.tag, bad_lines = self.bad, lines = self.line_no,
-                kept = self.keep_bad.is_some(), "lines that could not be parsed");
+                "lines that could not be parsed{}", self.fate());
         }
         result
     }
 
-    /// Sends the events of one read; false when the pipeline no longer takes
-    /// events.
-    async fn emit(&self, emitter: &mut Emitter, events: Vec<Event>) -> bool {
-        if events.is_empty() {
-            return true;
+    /// Sends the events (and refused lines) of one read; false when the
+    /// pipeline no longer takes events.
+    async fn emit(&self, emitter: &mut Emitter, chunk: Chunk, node: &str) -> bool {
+        let n = chunk.events.len() + chunk.rejects.len();
+        let mut result = Ok(());
+        if !chunk.events.is_empty() {
+            result = emitter
+                .emit(Batch::new(self.tag.clone(), chunk.events))
+                .await;
         }
-        let n = events.len();
-        match emitter.emit(Batch::new(self.tag.clone(), events)).await {
+        if result.is_ok() && !chunk.rejects.is_empty() {
+            result = emitter.reject(self.tag.clone(), node, chunk.rejects).await;
+        }
+        match result {
             Ok(()) => true,
             Err(e) => {
                 warn!(tag = %self.tag, events = n, error = %e, "events read from stdin were not accepted");
@@ -212,8 +241,17 @@ impl LineReader {
         }
     }
 
+    /// What becomes of bad lines, for the logs.
+    fn fate(&self) -> &'static str {
+        match self.on_error {
+            OnError::Log => "; dropped",
+            OnError::Keep(_) => "; kept as a message",
+            OnError::Errors(_) => "; sent to the errors label",
+        }
+    }
+
     /// Handles every complete line in `chunk` (which ends with a newline).
-    fn lines(&mut self, chunk: Bytes, now: EventTime, events: &mut Vec<Event>) {
+    fn lines(&mut self, chunk: Bytes, now: EventTime, out: &mut Chunk) {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', &chunk) {
             let line = chunk.slice(start..end);
@@ -223,12 +261,12 @@ impl LineReader {
                 self.discarding = false;
                 continue;
             }
-            self.line(line, now, events);
+            self.line(line, now, out);
         }
     }
 
     /// Parses one line (without its `\n`).
-    fn line(&mut self, mut line: Bytes, now: EventTime, events: &mut Vec<Event>) {
+    fn line(&mut self, mut line: Bytes, now: EventTime, out: &mut Chunk) {
         self.line_no += 1;
         if line.last() == Some(&b'\r') {
             line.truncate(line.len() - 1);
@@ -243,24 +281,33 @@ impl LineReader {
             return;
         }
         match self.parser.parse(line.clone()) {
-            Ok(parsed) => events.push(Event::new(parsed.time.unwrap_or(now), parsed.record)),
+            Ok(parsed) => out
+                .events
+                .push(Event::new(parsed.time.unwrap_or(now), parsed.record)),
             Err(e) => {
                 self.bad += 1;
                 if self.bad <= BAD_LINES_LOGGED {
                     warn!(tag = %self.tag, line = self.line_no, error = %e,
-                        "line could not be parsed{}",
-                        if self.keep_bad.is_some() { "; kept as a message" } else { "; dropped" });
+                        "line could not be parsed{}", self.fate());
                     if self.bad == BAD_LINES_LOGGED {
                         warn!(tag = %self.tag, "further bad lines are only counted");
                     }
                 }
-                if let Some(key) = &self.keep_bad {
+                let as_message = |key: &String| {
                     let mut record = Record::new();
                     record.insert(
                         key.clone(),
                         Json::String(String::from_utf8_lossy(&line).into_owned()),
                     );
-                    events.push(Event::new(now, record));
+                    Event::new(now, record)
+                };
+                match &self.on_error {
+                    OnError::Log => {}
+                    OnError::Keep(key) => out.events.push(as_message(key)),
+                    OnError::Errors(key) => out.rejects.push(Rejected {
+                        event: as_message(key),
+                        reason: format!("line {}: {e}", self.line_no),
+                    }),
                 }
             }
         }
@@ -271,12 +318,12 @@ impl LineReader {
 mod tests {
     use super::*;
 
-    fn reader(keep: bool, max_line: usize) -> LineReader {
+    fn reader(on_error: OnError, max_line: usize) -> LineReader {
         let params = spec().validate(&[("tag".into(), "t".into())]).unwrap();
         LineReader {
             tag: Tag::new_unchecked("t"),
             parser: ulog_parsers::build_parser(&params).unwrap(),
-            keep_bad: keep.then(|| "message".to_string()),
+            on_error,
             max_line,
             line_no: 0,
             bad: 0,
@@ -286,34 +333,61 @@ mod tests {
 
     #[test]
     fn good_lines_stay_raw_bad_lines_are_counted() {
-        let mut r = reader(false, 1024);
-        let mut events = Vec::new();
+        let mut r = reader(OnError::Log, 1024);
+        let mut out = Chunk::default();
         r.lines(
             Bytes::from_static(b"{\"a\":1}\r\n\n{broken\n{\"b\":2}\n"),
             EventTime::from_unix_nanos(7),
-            &mut events,
+            &mut out,
         );
         assert_eq!(r.line_no, 4);
         assert_eq!(r.bad, 1);
-        let texts: Vec<String> = events.iter().map(|e| e.record.to_json_string()).collect();
+        let texts: Vec<String> = out
+            .events
+            .iter()
+            .map(|e| e.record.to_json_string())
+            .collect();
         assert_eq!(texts, [r#"{"a":1}"#, r#"{"b":2}"#]);
-        assert!(events.iter().all(|e| matches!(e.record, Record::Raw(_))));
+        assert!(out
+            .events
+            .iter()
+            .all(|e| matches!(e.record, Record::Raw(_))));
+        assert!(out.rejects.is_empty());
     }
 
     #[test]
-    fn keep_turns_bad_lines_into_messages() {
-        let mut r = reader(true, 1024);
-        let mut events = Vec::new();
+    fn keep_and_errors_turn_bad_lines_into_messages() {
+        let mut r = reader(OnError::Keep("line".into()), 1024);
+        let mut out = Chunk::default();
         r.lines(
             Bytes::from_static(b"not json\n"),
             EventTime::now(),
-            &mut events,
+            &mut out,
         );
-        assert_eq!(events.len(), 1);
+        assert_eq!(out.events.len(), 1);
         assert_eq!(
-            events[0].record.to_json_string(),
-            r#"{"message":"not json"}"#
+            out.events[0].record.to_json_string(),
+            r#"{"line":"not json"}"#
         );
         assert_eq!(r.bad, 1);
+
+        let mut r = reader(OnError::Errors("message".into()), 1024);
+        let mut out = Chunk::default();
+        r.lines(
+            Bytes::from_static(b"{\"ok\":1}\nnot json\n"),
+            EventTime::now(),
+            &mut out,
+        );
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.rejects.len(), 1);
+        assert_eq!(
+            out.rejects[0].event.record.to_json_string(),
+            r#"{"message":"not json"}"#
+        );
+        assert!(
+            out.rejects[0].reason.starts_with("line 2: invalid JSON"),
+            "{}",
+            out.rejects[0].reason
+        );
     }
 }

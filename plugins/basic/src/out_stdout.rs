@@ -131,6 +131,12 @@ impl Output for StdoutOutput {
         }
         match result {
             Ok(()) => Delivery::Delivered,
+            // The reader went away (`ulog run ... | head`): that will not
+            // get better, so the events go to `errors` instead of waiting.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                tracing::error!(error = %e, "standard output is closed");
+                Delivery::Rejected(PluginError::with_source("standard output is closed", e))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "writing to standard output failed");
                 Delivery::Retry(PluginError::with_source("writing to standard output", e))
@@ -166,6 +172,47 @@ mod tests {
                 ),
             ],
         )
+    }
+
+    /// A writer that fails every write with `kind`.
+    struct Failing(std::io::ErrorKind);
+
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(self.0.into()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn write_errors_retry_but_a_closed_pipe_is_final() {
+        let mut out = StdoutOutput::new(
+            LineFormat::Json,
+            ExtraFields::default(),
+            Box::new(Failing(std::io::ErrorKind::BrokenPipe)),
+        );
+        assert!(matches!(out.write(&batch()).await, Delivery::Rejected(_)));
+        let mut out = StdoutOutput::new(
+            LineFormat::Json,
+            ExtraFields::default(),
+            Box::new(Failing(std::io::ErrorKind::Other)),
+        );
+        assert!(matches!(out.write(&batch()).await, Delivery::Retry(_)));
     }
 
     #[test]

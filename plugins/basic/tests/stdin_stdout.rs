@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ulog_engine::spec::{FlowSpec, MatchSpec, NodeSpec, PipelineSpec};
+use ulog_engine::spec::{FlowSpec, LabelSpec, MatchSpec, NodeSpec, PipelineSpec};
 use ulog_engine::{BuildOptions, Pipeline, Registry, Value};
 
 /// The pipeline the child runs: stdin → stdout, configured from env vars.
@@ -43,7 +43,17 @@ fn child_pipeline() {
                     outputs: vec![NodeSpec::new("stdout").param("format", format)],
                 }],
             },
-            labels: vec![],
+            // Lines refused with on_error = "errors" come out too.
+            labels: vec![LabelSpec {
+                name: "errors".into(),
+                flow: FlowSpec {
+                    filters: vec![],
+                    matches: vec![MatchSpec {
+                        patterns: vec!["**".into()],
+                        outputs: vec![NodeSpec::new("stdout").param("id", "errors-out")],
+                    }],
+                },
+            }],
         };
         let running = Pipeline::build(&spec, &registry, BuildOptions::default())
             .unwrap()
@@ -236,6 +246,30 @@ fn only_the_first_bad_lines_are_logged_one_by_one_then_counted() {
     assert!(out.stderr.contains("further bad lines are only counted"));
     assert!(
         out.stderr.contains("bad_lines=25 lines=50"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn on_error_errors_sends_bad_lines_to_the_errors_label() {
+    let out = run_child("errors", "json", b"{\"a\":1}\n{oops\n".to_vec());
+    let lines = ulog_lines(&out.stdout);
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines.contains(&"{\"a\":1}"));
+    let refused: serde_json::Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("_error")).unwrap()).unwrap();
+    assert_eq!(refused["message"], "{oops");
+    assert!(
+        refused["_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 2: invalid JSON"),
+        "{refused}"
+    );
+    assert_eq!(refused["_error_node"], "stdin#1");
+    assert!(
+        out.stderr.contains("sent to the errors label"),
         "{}",
         out.stderr
     );

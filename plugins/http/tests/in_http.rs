@@ -594,3 +594,53 @@ async fn times_headers_remote_address_methods_and_cors() {
     assert_eq!(m["REMOTE_ADDR"], json!("10.1.2.3"));
     assert_eq!(got[2].0, "t.cors");
 }
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_after_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (port, running, captures, _) = server(
+        NodeSpec::new("capture"),
+        &[(
+            "keepalive_timeout",
+            Value::Duration(Duration::from_millis(300)),
+        )],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let body = r#"{"k":1}"#;
+    let request = format!(
+        "POST /ka HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Two requests on one connection: keep-alive works.
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    // Then idle: the server closes the connection (read returns 0).
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the idle connection should be closed by the server")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    wait_for("two events", || captures.count("capture") == 2).await;
+    stop(running).await;
+}

@@ -83,7 +83,8 @@ pub fn spec() -> PluginSpec {
         "keepalive_timeout",
         ParamKind::Duration,
         Duration::from_secs(10),
-        "How long an idle keep-alive connection (or one still sending its headers) stays open.",
+        "How long an idle keep-alive connection (or one still sending its headers) stays open; \
+         more than 0.",
     ))
     .param(ParamSpec::with_default(
         "time_key",
@@ -141,6 +142,13 @@ impl HttpInput {
                 ))
             }
         }
+        let keepalive = params.duration("keepalive_timeout")?;
+        if keepalive.is_zero() {
+            return Err(BuildError::param(
+                "keepalive_timeout",
+                "must be more than 0",
+            ));
+        }
         let body_limit = params.size("body_limit")?;
         if body_limit == 0 {
             return Err(BuildError::param("body_limit", "must be more than 0 bytes"));
@@ -165,7 +173,7 @@ impl HttpInput {
                 add_headers: params.bool("add_http_headers")?,
                 add_remote_addr: params.bool("add_remote_addr")?,
                 cors,
-                keepalive: params.duration("keepalive_timeout")?,
+                keepalive,
                 decoder: Decoder::new(params.str("time_key")?, params.bool("keep_time_key")?),
             }),
         })
@@ -233,10 +241,10 @@ impl Connection {
             async move { Ok::<_, Infallible>(conn.handle(req).await) }
         });
         let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).keep_alive(true);
-        if !keepalive.is_zero() {
-            builder.header_read_timeout(keepalive);
-        }
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(keepalive);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let result = tokio::select! {
