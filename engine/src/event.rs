@@ -224,23 +224,29 @@ fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
 
 /// Checks that `bytes` hold exactly one JSON object, without building it.
 pub fn validate_json_object(bytes: &[u8]) -> Result<(), RecordError> {
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    match first {
-        Some(b'{') => {}
-        Some(b'[') => return Err(RecordError::NotAnObject("an array")),
-        Some(b'"') => return Err(RecordError::NotAnObject("a string")),
-        None => return Err(RecordError::InvalidJson("empty input".into())),
-        Some(_) => {
-            // Could be a number, bool, null or garbage: let the parser say.
-            return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => Err(RecordError::NotAnObject("a scalar")),
-                Err(e) => Err(RecordError::InvalidJson(e.to_string())),
-            };
+    match crate::json::validate_object(bytes) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            // Say "not an object" when the input is some other valid JSON.
+            if first != Some(&b'{') {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    return Err(RecordError::NotAnObject(match v {
+                        serde_json::Value::Array(_) => "an array",
+                        serde_json::Value::String(_) => "a string",
+                        _ => "a scalar",
+                    }));
+                }
+                if first.is_none() {
+                    return Err(RecordError::InvalidJson("empty input".into()));
+                }
+            }
+            Err(RecordError::InvalidJson(format!(
+                "{} at byte {}",
+                e.message, e.offset
+            )))
         }
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map(|_| ())
-        .map_err(|e| RecordError::InvalidJson(e.to_string()))
 }
 
 /// One event: when it happened and what it says. Its tag is its batch's.

@@ -9,6 +9,7 @@
 
 pub mod event;
 pub mod graph;
+pub mod json;
 pub mod metrics;
 pub mod params;
 pub mod pattern;
