@@ -90,6 +90,13 @@ fn sd_name(i: &[u8]) -> Res<'_, &[u8]> {
 /// backslash is kept (RFC 5424 section 6.3.3).
 fn sd_value(i: &[u8]) -> Res<'_, String> {
     let (i, _) = char('"')(i)?;
+    // Most values have no escapes: one copy of the slice.
+    if let Some(end) = memchr::memchr2(b'"', b'\\', i) {
+        if i[end] == b'"' {
+            let v = String::from_utf8_lossy(&i[..end]).into_owned();
+            return Ok((&i[end + 1..], v));
+        }
+    }
     let mut out = Vec::new();
     let mut k = 0;
     while k < i.len() {
@@ -370,7 +377,7 @@ impl Parser for SyslogParser {
         if full.is_empty() {
             return Err(ParseError::new("syslog: empty message"));
         }
-        let mut map = Map::new();
+        let mut map = Map::with_capacity(10);
         let i = if full[0] == b'<' {
             let (rest, pri) = pri(full)
                 .map_err(|_| self.error(full, full, "invalid PRI (expected `<0>` to `<191>`)"))?;

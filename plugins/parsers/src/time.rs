@@ -284,8 +284,12 @@ pub(crate) fn parse_iso8601(b: &[u8], zone: &Zone) -> Option<EventTime> {
 /// The year of a date written without one (RFC 3164 syslog): this year, or
 /// last year when the date would be more than a day in the future (a December
 /// line read in January). Returns seconds since the epoch.
-pub(crate) fn infer_year(zone: &Zone, mut civil: Civil) -> Option<i64> {
-    let now = EventTime::now().secs();
+pub(crate) fn infer_year(zone: &Zone, civil: Civil) -> Option<i64> {
+    infer_year_at(zone, civil, EventTime::now().secs())
+}
+
+/// [`infer_year`] as seen at `now` (seconds since the epoch).
+fn infer_year_at(zone: &Zone, mut civil: Civil, now: i64) -> Option<i64> {
     let year = zone.year_at(now);
     civil.year = year;
     if let Some(secs) = zone.civil_to_secs(civil) {
@@ -575,6 +579,59 @@ mod tests {
         assert!(Zone::parse("Asia/Tokyo")
             .unwrap_err()
             .contains("named zones"));
+    }
+
+    #[test]
+    fn year_inference_at_a_fixed_now() {
+        let at = |y, mo, d, h| {
+            Civil {
+                year: y,
+                month: mo,
+                day: d,
+                hour: h,
+                minute: 0,
+                second: 0,
+            }
+            .secs()
+            .unwrap()
+        };
+        let c = |mo, d, h| Civil {
+            year: 0,
+            month: mo,
+            day: d,
+            hour: h,
+            minute: 0,
+            second: 0,
+        };
+        let now = at(2025, 1, 1, 0);
+        // A December line read just after new year: last year.
+        assert_eq!(
+            infer_year_at(&UTC, c(12, 31, 23), now),
+            Some(at(2024, 12, 31, 23))
+        );
+        // Less than a day ahead (clock skew): this year.
+        assert_eq!(
+            infer_year_at(&UTC, c(1, 1, 20), now),
+            Some(at(2025, 1, 1, 20))
+        );
+        // More than a day ahead: last year.
+        assert_eq!(
+            infer_year_at(&UTC, c(1, 2, 1), now),
+            Some(at(2024, 1, 2, 1))
+        );
+        // Feb 29 only exists last year.
+        let now = at(2025, 3, 10, 0);
+        assert_eq!(
+            infer_year_at(&UTC, c(2, 29, 12), now),
+            Some(at(2024, 2, 29, 12))
+        );
+        // In another zone the year flips at its own midnight.
+        let plus9 = Zone::Fixed(9 * 3600);
+        let now = at(2024, 12, 31, 16); // 2025-01-01 01:00 at +09:00
+        assert_eq!(
+            infer_year_at(&plus9, c(1, 1, 0), now),
+            Some(at(2025, 1, 1, 0) - 9 * 3600)
+        );
     }
 
     #[test]
