@@ -184,7 +184,9 @@ pub fn build_parser(params: &Params) -> Result<Arc<dyn Parser>, BuildError> {
     let common = common::Common::from_params(params)?;
     Ok(match format {
         "json" => parser_json::build(common),
-        "none" => Arc::new(NoneParser::new(params.str("message_key")?)),
+        "none" => Arc::new(NoneParser::new(
+            params.opt_str("message_key")?.unwrap_or("message"),
+        )),
         "msgpack" => Arc::new(parser_msgpack::MsgpackParser::new(common)),
         "regex" => Arc::new(parser_regexp::RegexParser::from_params(params, common)?),
         "ltsv" => Arc::new(parser_ltsv::LtsvParser::from_params(params, common)?),

@@ -14,6 +14,12 @@ use crate::msgpack::to_map;
 use crate::time::event_time;
 use crate::{ParseError, Parsed, Parser};
 
+/// Deepest nesting accepted: about the 128 levels serde_json allows in JSON
+/// records, so a record that came in as msgpack can always be read back
+/// from its JSON form (rmpv counts two steps per container level, and one
+/// more for a string or binary leaf).
+const MAX_DEPTH: usize = 2 * 128 + 1;
+
 /// Decodes one msgpack map into a record.
 pub(crate) struct MsgpackParser {
     common: Common,
@@ -77,7 +83,7 @@ pub(crate) fn ext_time(
 impl Parser for MsgpackParser {
     fn parse(&self, input: Bytes) -> Result<Parsed, ParseError> {
         let mut rest: &[u8] = &input;
-        let value = rmpv::decode::read_value(&mut rest)
+        let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_DEPTH)
             .map_err(|e| ParseError::new(format!("invalid msgpack: {e}")))?;
         if !rest.is_empty() {
             return Err(ParseError::new(format!(

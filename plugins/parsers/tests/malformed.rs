@@ -143,6 +143,33 @@ fn huge_fields_are_handled() {
     }
 }
 
+#[test]
+fn deep_nesting_is_refused_without_overflowing_the_stack() {
+    let mut json = b"{\"a\":".to_vec();
+    json.resize(json.len() + 100_000, b'[');
+    assert_error("json", &json);
+    // msgpack: a map whose value is 100,000 nested one-element arrays.
+    let mut mp = vec![0x81, 0xa1, b'a'];
+    mp.resize(mp.len() + 100_000, 0x91);
+    mp.push(0x01);
+    assert_error("msgpack", &mp);
+    // Within the limit it parses.
+    let mut ok = vec![0x81, 0xa1, b'a'];
+    ok.resize(ok.len() + 100, 0x91);
+    ok.push(0x01);
+    let p = parser(&format_params_for("msgpack"));
+    if let Err(e) = p.parse(Bytes::from(ok)) {
+        panic!("100 levels should parse: {e}");
+    }
+    // And the time-key variant of json, which skips values instead of building them.
+    let p = parser(&[
+        ("format", Value::from("json")),
+        ("time_key", Value::from("t")),
+        ("keep_time_key", Value::Bool(true)),
+    ]);
+    assert!(p.parse(Bytes::from(json)).is_err());
+}
+
 /// xorshift64*: a seeded generator, so a failure names its seed and repeats.
 struct Rng(u64);
 
