@@ -30,7 +30,9 @@ fn parsers() -> &'static Vec<Arc<dyn Parser>> {
                 match format {
                     "regex" => g.push((
                         "expression",
-                        Value::Regex(r"^(?<host>\S+) (?<time>\S+) (?<code>\d*) (?<message>.*)$".into()),
+                        Value::Regex(
+                            r"^(?<host>\S+) (?<time>\S+) (?<code>\d*) (?<message>.*)$".into(),
+                        ),
                     )),
                     "csv" | "tsv" => g.push((
                         "keys",
