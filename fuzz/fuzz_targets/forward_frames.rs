@@ -9,6 +9,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use ulog_engine::Record;
 use ulog_plugins_forward::codec::{
     Compression, EncodeMode, Encoder, Frame, FrameDecoder, Limits,
 };
@@ -65,6 +66,24 @@ fuzz_target!(|data: &[u8]| {
         whole.iter().map(shape).collect::<Vec<_>>(),
         "frames must not depend on the split"
     );
+
+    // Records kept as JSON text hold exactly what parsed maps hold.
+    let mut as_maps = FrameDecoder::new(limits()).text_records(false);
+    let mut buf = BytesMut::from(data);
+    for frame in &whole {
+        let map_frame = loop {
+            match as_maps.decode(&mut buf) {
+                Ok(Some(f)) => break f,
+                Err(e) if !e.is_fatal() => continue,
+                other => panic!("the map decoder disagrees: {other:?}"),
+            }
+        };
+        assert_eq!(map_frame.events.len(), frame.events.len());
+        for (a, b) in map_frame.events.iter().zip(&frame.events) {
+            assert!(matches!(b.record, Record::Raw(_)));
+            assert_eq!(a.record, b.record);
+        }
+    }
 
     // gzip state is costly to set up under the sanitizer: round-trip through
     // it for one input in eight only.

@@ -165,6 +165,7 @@ impl From<MsgpackError> for DecodeError {
 pub struct FrameDecoder {
     limits: Limits,
     skip_invalid_event: bool,
+    text_records: bool,
     scan: Scan,
     need: usize,
 }
@@ -181,6 +182,7 @@ impl FrameDecoder {
         Self {
             limits,
             skip_invalid_event: true,
+            text_records: true,
             scan: Scan::new(),
             need: 0,
         }
@@ -190,6 +192,15 @@ impl FrameDecoder {
     /// a time) are skipped (`true`, the default) or fail the frame.
     pub fn skip_invalid_event(mut self, skip: bool) -> Self {
         self.skip_invalid_event = skip;
+        self
+    }
+
+    /// Whether records come out as JSON text ([`Record::Raw`], the
+    /// default: one buffer per frame, no allocation per field; outputs write
+    /// the text as is and filters parse it on first access) or as parsed
+    /// maps ([`Record::Map`]). Both hold the same data.
+    pub fn text_records(mut self, text: bool) -> Self {
+        self.text_records = text;
         self
     }
 
@@ -275,7 +286,7 @@ impl FrameDecoder {
                 )))
             }
         };
-        let mut events = EventSink::new(self.skip_invalid_event);
+        let mut events = EventSink::new(self.skip_invalid_event, self.text_records);
         let second_at = r.position();
         let (mode, option) = match r.item()? {
             Item::Array(count) => {
@@ -345,6 +356,9 @@ impl FrameDecoder {
                 r.remaining()
             )));
         }
+        let skipped = events.skipped;
+        let first_reason = events.first_reason.take();
+        let events = events.finish();
         let tag = match std::str::from_utf8(tag_text)
             .map_err(|_| TagError::BadChar {
                 tag: msgpack::text(tag_text),
@@ -358,19 +372,19 @@ impl FrameDecoder {
                 return Err(DecodeError::BadTag {
                     tag: msgpack::text(tag_text),
                     error,
-                    events: events.events.len() + events.skipped,
+                    events: events.len() + skipped,
                     chunk: option.chunk,
                 })
             }
         };
         Ok(Frame {
             tag,
-            events: events.events,
+            events,
             mode,
             chunk: option.chunk,
             size_option: option.size,
-            skipped: events.skipped,
-            first_skip_reason: events.first_reason,
+            skipped,
+            first_skip_reason: first_reason,
             encoded_len: frame.len(),
         })
     }
@@ -479,6 +493,9 @@ fn read_option(r: &mut Reader<'_>) -> Result<Options, DecodeError> {
 /// Collects the events of one frame, skipping or refusing invalid ones.
 struct EventSink {
     skip_invalid: bool,
+    /// Records as JSON text, all in `text`; `spans` locates each.
+    text: Option<Vec<u8>>,
+    spans: Vec<(EventTime, usize, usize)>,
     events: Vec<Event>,
     skipped: usize,
     first_reason: Option<String>,
@@ -486,13 +503,29 @@ struct EventSink {
 }
 
 impl EventSink {
-    fn new(skip_invalid: bool) -> Self {
+    fn new(skip_invalid: bool, text: bool) -> Self {
         Self {
             skip_invalid,
+            text: text.then(Vec::new),
+            spans: Vec::new(),
             events: Vec::new(),
             skipped: 0,
             first_reason: None,
             now: None,
+        }
+    }
+
+    /// The events, each raw record a slice of one shared buffer.
+    fn finish(self) -> Vec<Event> {
+        match self.text {
+            None => self.events,
+            Some(text) => {
+                let text = Bytes::from(text);
+                self.spans
+                    .into_iter()
+                    .map(|(time, a, b)| Event::new(time, Record::Raw(text.slice(a..b))))
+                    .collect()
+            }
         }
     }
 
@@ -536,20 +569,33 @@ impl EventSink {
 
     fn time_and_record(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
         let time = self.time(r)?;
-        let record = match r.item()? {
-            Item::Map(n) => Ok(r.map_entries(n, 1)?),
+        let n = match r.item()? {
+            Item::Map(n) => n,
             other => {
                 r.skip_rest(other)?;
-                Err(format!("the record must be a map, got {}", other.kind()))
+                let reason = format!("the record must be a map, got {}", other.kind());
+                return self.invalid(time.err().unwrap_or(reason));
             }
         };
-        match (time, record) {
-            (Ok(time), Ok(map)) => {
-                self.events.push(Event::new(time, Record::Map(map)));
-                Ok(())
+        let time = match time {
+            Ok(t) => t,
+            Err(reason) => {
+                r.skip_rest(Item::Map(n))?;
+                return self.invalid(reason);
             }
-            (Err(reason), _) | (_, Err(reason)) => self.invalid(reason),
+        };
+        match &mut self.text {
+            Some(text) => {
+                let start = text.len();
+                r.map_text(n, 1, text)?;
+                self.spans.push((time, start, text.len()));
+            }
+            None => {
+                let map = r.map_entries(n, 1)?;
+                self.events.push(Event::new(time, Record::Map(map)));
+            }
         }
+        Ok(())
     }
 
     /// Reads an event time. The outer error is a broken stream; the inner
@@ -1088,6 +1134,56 @@ mod tests {
         let vb = Reader::new(&b).json().unwrap();
         assert_eq!(va, vb);
         assert_eq!(va, Value::Object(map.to_map().into_owned()));
+    }
+
+    #[test]
+    fn text_records_hold_what_map_records_hold() {
+        let bytes = pack(&M::Array(vec![
+            M::from("t"),
+            M::Array(vec![
+                M::Array(vec![M::from(1), sample_record()]),
+                M::Array(vec![M::from(2), M::from("skipped")]),
+                M::Array(vec![M::from(3), rec("z", -1)]),
+            ]),
+        ]));
+        let text = FrameDecoder::default()
+            .decode(&mut BytesMut::from(&bytes[..]))
+            .unwrap()
+            .unwrap();
+        let maps = FrameDecoder::default()
+            .text_records(false)
+            .decode(&mut BytesMut::from(&bytes[..]))
+            .unwrap()
+            .unwrap();
+        assert!(text
+            .events
+            .iter()
+            .all(|e| matches!(e.record, Record::Raw(_))));
+        assert!(maps
+            .events
+            .iter()
+            .all(|e| matches!(e.record, Record::Map(_))));
+        assert_eq!(text.events, maps.events);
+        assert_eq!((text.skipped, maps.skipped), (1, 1));
+        let mut out = Vec::new();
+        text.events[1].record.write_json(&mut out);
+        assert_eq!(out, br#"{"z":-1}"#);
+    }
+
+    fn sample_record() -> M {
+        M::Map(vec![
+            (M::from("s"), M::from("q\"uote")),
+            (M::from("f"), M::F64(2.5)),
+            (M::from("n"), M::Nil),
+            (
+                M::from(5),
+                M::Array(vec![M::Boolean(true), M::Binary(b"b".to_vec())]),
+            ),
+            (
+                M::from("m"),
+                M::Map(vec![(M::from("x"), M::Ext(3, vec![1]))]),
+            ),
+        ])
     }
 
     #[test]

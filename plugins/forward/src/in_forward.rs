@@ -495,6 +495,22 @@ async fn heartbeat(sock: UdpSocket, shutdown: CancellationToken, id: Arc<str>) {
     }
 }
 
+/// Adds `key: value` to every record, keeping records as JSON text (one
+/// buffer for the whole frame) rather than parsing each into a map.
+fn add_field(events: &mut [ulog_engine::Event], key: &str, value: &Json) {
+    let mut text = Vec::new();
+    let mut spans = Vec::with_capacity(events.len());
+    for e in events.iter() {
+        let start = text.len();
+        e.record.write_json_with(&mut text, &[(key, value)]);
+        spans.push((start, text.len()));
+    }
+    let text = bytes::Bytes::from(text);
+    for (e, (a, b)) in events.iter_mut().zip(spans) {
+        e.record = ulog_engine::Record::Raw(text.slice(a..b));
+    }
+}
+
 /// Serves one connection until the client closes it, it breaks the
 /// protocol, or ulog stops.
 async fn serve(
@@ -518,7 +534,10 @@ async fn serve(
                 debug!(input = %id, peer = %peer, client = %client, "handshake succeeded")
             }
             Err(handshake::HandshakeError::Io(e))
-                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
             {
                 debug!(input = %id, peer = %peer, "connection closed before the handshake");
                 return;
@@ -558,9 +577,7 @@ async fn serve(
                         }
                     }
                     if let Some((key, value)) = &source {
-                        for e in &mut frame.events {
-                            e.record.insert(key.clone(), value.clone());
-                        }
+                        add_field(&mut frame.events, key, value);
                     }
                     push_grouped(&mut groups, frame.tag, frame.events);
                     chunks.extend(frame.chunk);

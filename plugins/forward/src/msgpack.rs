@@ -517,6 +517,117 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Reader<'_> {
+    /// Writes the rest of a value whose first item was already read as
+    /// compact JSON text, with the same conversions as [`Reader::json_from`]
+    /// but without building a `serde_json::Value`: the forward input keeps
+    /// records as JSON text this way (one buffer per frame instead of an
+    /// allocation per field).
+    ///
+    /// # Errors
+    /// As [`Reader::json`]; `out` then holds a partial value.
+    pub fn json_text_from(
+        &mut self,
+        first: Item<'_>,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MsgpackError> {
+        match first {
+            Item::Nil => out.extend_from_slice(b"null"),
+            Item::Bool(true) => out.extend_from_slice(b"true"),
+            Item::Bool(false) => out.extend_from_slice(b"false"),
+            Item::UInt(u) => write_display(out, u),
+            Item::Int(i) => write_display(out, i),
+            Item::F32(f) => write_float(out, f64::from(f)),
+            Item::F64(f) => write_float(out, f),
+            Item::Str(s) | Item::Bin(s) => write_json_str(out, s),
+            Item::Ext(_, data) => {
+                out.push(b'[');
+                for (i, b) in data.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_display(out, *b);
+                }
+                out.push(b']');
+            }
+            Item::Array(n) => {
+                if depth >= MAX_DEPTH {
+                    return Err(MsgpackError::TooDeep);
+                }
+                out.push(b'[');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let item = self.item()?;
+                    self.json_text_from(item, depth + 1, out)?;
+                }
+                out.push(b']');
+            }
+            Item::Map(n) => self.map_text(n, depth, out)?,
+        }
+        Ok(())
+    }
+
+    /// Writes `n` map entries (after a map header) as a JSON object's text.
+    ///
+    /// # Errors
+    /// As [`Reader::json`].
+    pub fn map_text(
+        &mut self,
+        n: usize,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MsgpackError> {
+        if depth >= MAX_DEPTH {
+            return Err(MsgpackError::TooDeep);
+        }
+        out.push(b'{');
+        for i in 0..n {
+            if i > 0 {
+                out.push(b',');
+            }
+            match self.item()? {
+                Item::Str(s) | Item::Bin(s) => write_json_str(out, s),
+                other => {
+                    // A non-string key becomes its JSON text, as a string.
+                    let mut key = Vec::new();
+                    self.json_text_from(other, depth + 1, &mut key)?;
+                    write_json_str(out, &key);
+                }
+            }
+            out.push(b':');
+            let value = self.item()?;
+            self.json_text_from(value, depth + 1, out)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+fn write_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+fn write_float(out: &mut Vec<u8>, f: f64) {
+    // serde_json's formatting (shortest round-trip), null for NaN/inf.
+    match Number::from_f64(f) {
+        Some(n) => {
+            let _ = serde_json::to_writer(&mut *out, &n);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &*text);
+}
+
 /// Bytes as text, replacing invalid UTF-8.
 pub fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
@@ -622,6 +733,39 @@ mod tests {
         assert_eq!(ours, theirs);
         assert_eq!(ours["u"], json!(u64::MAX));
         assert_eq!(ours["7"], json!("int key"));
+    }
+
+    #[test]
+    fn json_text_matches_the_json_value() {
+        let mut v = sample();
+        if let rmpv::Value::Map(entries) = &mut v {
+            entries.push((rmpv::Value::from("nan"), rmpv::Value::F64(f64::NAN)));
+            entries.push((rmpv::Value::from("f32"), rmpv::Value::F32(0.1)));
+            entries.push((
+                rmpv::Value::from("esc"),
+                rmpv::Value::from("a\"b\\c\n\u{1}é"),
+            ));
+            entries.push((
+                rmpv::Value::Binary(vec![0xff, b'k']),
+                rmpv::Value::Binary(vec![0xfe]),
+            ));
+            entries.push((
+                rmpv::Value::Array(vec![rmpv::Value::from(1), rmpv::Value::from("x")]),
+                rmpv::Value::Ext(0, vec![0, 255]),
+            ));
+        }
+        let bytes = encode(&v);
+        let value = Reader::new(&bytes).json().unwrap();
+        let mut text = Vec::new();
+        let mut r = Reader::new(&bytes);
+        let first = r.item().unwrap();
+        r.json_text_from(first, 0, &mut text).unwrap();
+        assert!(r.is_empty());
+        // Byte for byte what serde_json writes for the value.
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
     }
 
     #[test]
