@@ -25,7 +25,8 @@ use regex::bytes::Regex;
 use tracing::{debug, error, info, warn};
 use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Emitter, Event, EventTime, Input, InputContext,
-    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Tag, Value,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Record, Rejected, Tag,
+    Value,
 };
 use ulog_parsers::Parser;
 
@@ -49,6 +50,9 @@ enum OnError {
     Keep,
     /// Warn, count, and leave the line out.
     Log,
+    /// Warn, count, and send `{message_key: line}` to the `errors` label
+    /// with the parser's reason.
+    Errors,
 }
 
 /// Everything the input was configured with, checked.
@@ -169,11 +173,12 @@ pub fn spec() -> PluginSpec {
     ))
     .param(ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["keep", "log"]),
-        "keep",
+        ParamKind::OneOf(&["errors", "keep", "log"]),
+        "errors",
         "Lines the `format` cannot parse are always warned about (the first few per 10 s, \
-         then counted) and counted; `keep` also emits them as `{message_key: line}`, `log` \
-         leaves them out.",
+         then counted) and counted; `errors` sends `{message_key: line}` to the `errors` label \
+         with the parser's reason in `_error`; `keep` emits them as `{message_key: line}`; \
+         `log` leaves them out.",
     ))
     .param(ParamSpec::with_default(
         "pos_write_interval",
@@ -280,6 +285,7 @@ pub fn build(
     };
     let on_error = match params.str("on_error")? {
         "log" => OnError::Log,
+        "errors" => OnError::Errors,
         _ => OnError::Keep,
     };
     let config = Config {
@@ -329,6 +335,7 @@ impl Input for TailInput {
                 emitter: ctx.emitter,
                 stats: self.stats.clone(),
                 warn_limit: WarnLimiter::new(),
+                rejected: Vec::new(),
                 dirty: false,
             },
             cfg: self.config,
@@ -395,6 +402,8 @@ struct Sink {
     emitter: Emitter,
     stats: Arc<TailStats>,
     warn_limit: WarnLimiter,
+    /// Lines refused by the parser, for the `errors` label.
+    rejected: Vec<Rejected>,
     /// Some file's committed offset changed since the last position write.
     dirty: bool,
 }
@@ -477,6 +486,17 @@ impl Sink {
             }
             add(&self.stats.events, n);
         }
+        if !self.rejected.is_empty() {
+            let rejected = std::mem::take(&mut self.rejected);
+            if self
+                .emitter
+                .reject(t.tag.clone(), &self.id, rejected)
+                .await
+                .is_err()
+            {
+                return Err(Stopped);
+            }
+        }
         if commit_to != t.committed {
             t.committed = commit_to;
             self.dirty = true;
@@ -500,16 +520,21 @@ impl Sink {
                         "line could not be parsed"
                     );
                 }
+                let mut record = Record::new();
+                record.insert(
+                    self.cfg.message_key.clone(),
+                    serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                );
                 match self.cfg.on_error {
                     OnError::Log => return None,
-                    OnError::Keep => {
-                        let mut record = Record::new();
-                        record.insert(
-                            self.cfg.message_key.clone(),
-                            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()),
-                        );
-                        (now, record)
+                    OnError::Errors => {
+                        self.rejected.push(Rejected {
+                            event: Event { time: now, record },
+                            reason: e.to_string(),
+                        });
+                        return None;
                     }
+                    OnError::Keep => (now, record),
                 }
             }
         };

@@ -392,7 +392,8 @@ async fn json_lines_pass_through_and_broken_ones_are_kept_and_counted() {
     let h = start(
         tail(&log, "app")
             .param("read_from_head", true)
-            .param("format", "json"),
+            .param("format", "json")
+            .param("on_error", "keep"),
     );
     h.wait_count(3, 10).await;
     settle().await;
@@ -421,6 +422,34 @@ async fn json_lines_pass_through_and_broken_ones_are_kept_and_counted() {
     settle().await;
     assert_eq!(h.count(), 2, "on_error = log leaves the broken line out");
     assert_eq!(get(&h.stats().parse_errors), 1);
+    h.stop().await;
+
+    // The default: the broken line goes to the `errors` label with the reason.
+    let h = start(
+        tail(&log, "app")
+            .param("read_from_head", true)
+            .param("format", "json"),
+    );
+    h.wait_count(3, 10).await;
+    settle().await;
+    let events = h.captured.lock().unwrap().clone();
+    assert_eq!(events.len(), 3);
+    let mut refused: Vec<_> = events
+        .into_iter()
+        .filter_map(|(_, e)| {
+            let mut r = e.record;
+            r.get("_error").is_some().then_some(r)
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "one line went to the errors label");
+    assert_eq!(
+        refused[0].get("message"),
+        Some(&serde_json::json!("not json {"))
+    );
+    assert!(refused[0]
+        .get("_error")
+        .and_then(|v| v.as_str())
+        .is_some_and(|m| m.contains("JSON")));
     h.stop().await;
 }
 
@@ -566,7 +595,8 @@ async fn formats_from_the_parsers_crate_give_fields_and_times() {
                 Value::Regex(r"^(?<time>\S+ \S+) (?<level>[A-Z]+) (?<msg>.*)$".into()),
             )
             .param("time_key", "time")
-            .param("time_format", "%Y-%m-%d %H:%M:%S"),
+            .param("time_format", "%Y-%m-%d %H:%M:%S")
+            .param("on_error", "keep"),
     );
     h.wait_count(3, 10).await;
     settle().await;

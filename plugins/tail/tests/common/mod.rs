@@ -130,7 +130,18 @@ pub fn start_with(node: NodeSpec, delay_ms: i64) -> Harness {
                 outputs: vec![capture_node(delay_ms)],
             }],
         },
-        labels: vec![],
+        // Refused lines (`on_error = "errors"`) arrive in the same capture,
+        // recognisable by their `_error` field.
+        labels: vec![ulog_engine::spec::LabelSpec {
+            name: "errors".into(),
+            flow: ulog_engine::spec::FlowSpec {
+                filters: vec![],
+                matches: vec![MatchSpec {
+                    patterns: vec!["**".into()],
+                    outputs: vec![capture_node(0)],
+                }],
+            },
+        }],
     };
     let pipeline = match Pipeline::build(&spec, &reg, BuildOptions::default()) {
         Ok(p) => p,
