@@ -303,7 +303,8 @@ impl RecordFilter {
     }
 
     /// Applies every step to one event.
-    fn apply(&self, tag: &Tag, tag_parts: &[&str], event: &mut Event) {
+    /// `values` is scratch space reused across the events of a batch.
+    fn apply(&self, tag: &Tag, tag_parts: &[&str], event: &mut Event, values: &mut Vec<Json>) {
         let mut record = std::mem::take(&mut event.record);
         let map = record.map_mut();
         for (old, new) in &self.rename {
@@ -312,16 +313,19 @@ impl RecordFilter {
             }
         }
         if !self.set.is_empty() {
-            let values: Vec<Json> = self
-                .set
-                .iter()
-                .map(|(_, v)| match v {
-                    SetValue::Const(c) => c.clone(),
-                    SetValue::Template(t) => t.render(tag, tag_parts, event.time, map),
-                })
-                .collect();
-            for ((field, _), value) in self.set.iter().zip(values) {
-                map.insert(field.clone(), value);
+            values.clear();
+            values.extend(self.set.iter().map(|(_, v)| match v {
+                SetValue::Const(c) => c.clone(),
+                SetValue::Template(t) => t.render(tag, tag_parts, event.time, map),
+            }));
+            for ((field, _), value) in self.set.iter().zip(values.drain(..)) {
+                // Replacing in place spares allocating the key again.
+                match map.get_mut(field) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        map.insert(field.clone(), value);
+                    }
+                }
             }
         }
         for field in &self.remove {
@@ -346,8 +350,9 @@ impl Filter for RecordFilter {
         }
         let tag = batch.tag.clone();
         let tag_parts: Vec<&str> = tag.parts().collect();
+        let mut values = Vec::with_capacity(self.set.len());
         for event in &mut batch.events {
-            self.apply(&tag, &tag_parts, event);
+            self.apply(&tag, &tag_parts, event, &mut values);
         }
         Ok(())
     }
