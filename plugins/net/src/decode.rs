@@ -50,9 +50,9 @@ impl ReadOut {
 pub(crate) fn on_error_param() -> ParamSpec {
     ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["log", "keep", "errors"]),
-        "log",
-        "What to do with a line the format cannot parse (always warned about: the first 10, then counted and reported when the connection closes): `log` skips it; `keep` emits it as `{message = \"<the line>\"}` (the field named by `message_key`); `errors` sends that record to the `errors` label with the parser's reason in `_error`.",
+        ParamKind::OneOf(&["errors", "keep", "log"]),
+        "errors",
+        "What to do with a line the format cannot parse (always warned about: the first 10, then counted and reported when the connection closes): `errors` sends `{message = \"<the line>\"}` (the field named by `message_key`) to the `errors` label with the parser's reason in `_error`; `keep` emits that record as an ordinary event; `log` skips it.",
     )
 }
 

@@ -138,13 +138,13 @@ async fn oversized_line_is_skipped_counted_and_the_stream_resyncs() {
 }
 
 #[tokio::test]
-async fn malformed_json_is_logged_and_skipped_by_default() {
+async fn malformed_json_is_logged_and_skipped_with_on_error_log() {
     let (logs, _guard) = LogCapture::install();
     let sink = Sink::default();
     let port = free_tcp_port();
     let running = start(
         &registry(&[("out", sink.clone())]),
-        vec![tcp_input(port)],
+        vec![tcp_input(port).param("on_error", "log")],
         vec![capture_all("out")],
         None,
     );
@@ -393,7 +393,9 @@ async fn msgpack_garbage_closes_only_that_connection() {
     let port = free_tcp_port();
     let running = start(
         &registry(&[("out", sink.clone())]),
-        vec![tcp_input(port).param("framing", "msgpack")],
+        vec![tcp_input(port)
+            .param("framing", "msgpack")
+            .param("on_error", "log")],
         vec![capture_all("out")],
         None,
     );

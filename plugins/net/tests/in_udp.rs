@@ -53,7 +53,8 @@ async fn datagrams_and_lines_within_them() {
         &registry(&[("out", sink.clone())]),
         vec![udp_input(port)
             .param("max_message_size", Value::Size(100))
-            .param("source_address_key", "src")],
+            .param("source_address_key", "src")
+            .param("on_error", "log")],
         vec![capture_all("out")],
         None,
     );
