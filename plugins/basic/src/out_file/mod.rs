@@ -282,16 +282,17 @@ pub struct FileOutput {
     buffer_size: usize,
     settings: Arc<Settings>,
     files: Files,
-    /// Paths given to write in a row (so the log says when they recover).
-    failing_logged: HashSet<PathBuf>,
 }
 
-/// Where the events of one batch went within one file's buffer.
+/// The events of one batch that go to one file.
 struct Touched {
     path: PathBuf,
-    /// The buffer's length before this batch.
+    /// The file's buffer length before this batch.
     mark: usize,
+    /// Indices of the events in the batch.
     events: Vec<usize>,
+    /// The events, encoded.
+    bytes: Vec<u8>,
 }
 
 impl FileOutput {
@@ -321,7 +322,6 @@ impl FileOutput {
                 max_open,
             }),
             files: Files::default(),
-            failing_logged: HashSet::new(),
         })
     }
 
@@ -349,27 +349,23 @@ impl FileOutput {
         }
     }
 
-    /// Logs a write failure once per failing streak and a recovery.
+    /// Marks files as failing or working after a write, logging the first
+    /// failure of a streak and the recovery.
     fn note(&mut self, results: &[WriteResult]) {
         for r in results {
+            let Some(sink) = self.files.sinks.get_mut(&r.path) else {
+                continue;
+            };
             match &r.error {
-                Some(e) => {
-                    if self.failing_logged.insert(r.path.clone()) {
-                        error!(path = %r.path.display(), error = %e, "writing to file failed; will retry");
-                    }
-                    if let Some(sink) = self.files.sinks.get_mut(&r.path) {
-                        sink.failing = true;
-                    }
+                Some(e) if !sink.failing => {
+                    error!(path = %r.path.display(), error = %e, "writing to file failed; will retry");
                 }
-                None => {
-                    if self.failing_logged.remove(&r.path) {
-                        info!(path = %r.path.display(), "writing to file works again");
-                    }
-                    if let Some(sink) = self.files.sinks.get_mut(&r.path) {
-                        sink.failing = false;
-                    }
+                None if sink.failing => {
+                    info!(path = %r.path.display(), "writing to file works again");
                 }
+                _ => {}
             }
+            sink.failing = r.error.is_some();
         }
     }
 
@@ -487,17 +483,11 @@ impl Output for FileOutput {
                     let slot = match touched.iter().position(|t| t.path == path) {
                         Some(s) => s,
                         None => {
-                            let mark = self
-                                .files
-                                .sinks
-                                .entry(path.clone())
-                                .or_default()
-                                .pending
-                                .len();
                             touched.push(Touched {
                                 path,
-                                mark,
+                                mark: 0,
                                 events: Vec::new(),
+                                bytes: Vec::new(),
                             });
                             touched.len() - 1
                         }
@@ -508,20 +498,28 @@ impl Output for FileOutput {
             };
             let t = &mut touched[slot];
             t.events.push(i);
-            if let Some(sink) = self.files.sinks.get_mut(&t.path) {
-                encode(
-                    self.format,
-                    &fields,
-                    &event.record,
-                    event.time,
-                    &mut sink.pending,
-                );
-            }
+            encode(
+                self.format,
+                &fields,
+                &event.record,
+                event.time,
+                &mut t.bytes,
+            );
         }
         drop(fields);
         if refused.len() == batch.len() {
             let reason = refused.swap_remove(0).error;
             return Delivery::Rejected(reason);
+        }
+        // Into the files' buffers: one lookup per file, not per event.
+        for t in &mut touched {
+            let sink = self.files.sinks.entry(t.path.clone()).or_default();
+            t.mark = sink.pending.len();
+            if sink.pending.is_empty() {
+                sink.pending = std::mem::take(&mut t.bytes);
+            } else {
+                sink.pending.extend_from_slice(&t.bytes);
+            }
         }
 
         let due: Vec<PathBuf> = touched
