@@ -138,18 +138,14 @@ fn structured_data(i: &[u8]) -> Res<'_, Option<Map<String, Value>>> {
     if let Ok((rest, _)) = tag::<_, _, nom::error::Error<&[u8]>>("-")(i) {
         return Ok((rest, None));
     }
-    let (i, first) = sd_element(i)?;
+    let (mut i, (id, params)) = sd_element(i)?;
     let mut map = Map::new();
-    map.insert(first.0, Value::Object(first.1));
-    fold_many0(
-        sd_element,
-        move || map.clone(),
-        |mut m, (id, params)| {
-            m.insert(id, Value::Object(params));
-            m
-        },
-    )(i)
-    .map(|(i, m)| (i, Some(m)))
+    map.insert(id, Value::Object(params));
+    while let Ok((rest, (id, params))) = sd_element(i) {
+        map.insert(id, Value::Object(params));
+        i = rest;
+    }
+    Ok((i, Some(map)))
 }
 
 /// A field as text, absent when it is the NILVALUE `-`.
