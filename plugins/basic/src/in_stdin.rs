@@ -107,15 +107,30 @@ impl StdinInput {
     }
 }
 
+impl StdinInput {
+    /// Reads `reader` instead of standard input, as `run` would: for tests
+    /// and for embedders that feed a pipe of their own.
+    ///
+    /// # Errors
+    /// A read error of `reader`.
+    pub async fn read_from<R: AsyncRead + Unpin>(
+        mut self,
+        reader: R,
+        ctx: InputContext,
+    ) -> Result<(), PluginError> {
+        let result = self
+            .lines
+            .read_all(reader, ctx.emitter, &ctx.shutdown, &ctx.id)
+            .await;
+        debug!(input = %ctx.id, lines = self.lines.line_no, "stdin input stopped");
+        result
+    }
+}
+
 #[async_trait]
 impl Input for StdinInput {
     async fn run(self: Box<Self>, ctx: InputContext) -> Result<(), PluginError> {
-        let mut lines = self.lines;
-        let result = lines
-            .read_all(tokio::io::stdin(), ctx.emitter, &ctx.shutdown, &ctx.id)
-            .await;
-        debug!(input = %ctx.id, lines = lines.line_no, "stdin input stopped");
-        result
+        self.read_from(tokio::io::stdin(), ctx).await
     }
 }
 
@@ -140,7 +155,7 @@ struct Chunk {
 
 /// Splits a byte stream into lines, parses them and emits one batch per read.
 /// Separate from the stdin handle so any reader can drive it.
-pub struct LineReader {
+struct LineReader {
     tag: Tag,
     parser: Arc<dyn Parser>,
     on_error: OnError,
@@ -157,7 +172,7 @@ impl LineReader {
     ///
     /// # Errors
     /// A read error of the underlying stream.
-    pub async fn read_all<R: AsyncRead + Unpin>(
+    async fn read_all<R: AsyncRead + Unpin>(
         &mut self,
         mut reader: R,
         mut emitter: Emitter,

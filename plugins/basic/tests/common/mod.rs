@@ -17,9 +17,19 @@ type Store = HashMap<String, Vec<(String, Event)>>;
 
 /// What the `capture` outputs received, by their `name` parameter.
 #[derive(Clone, Default)]
-pub struct Captures(Arc<Mutex<Store>>);
+pub struct Captures(Arc<Mutex<Store>>, Arc<Mutex<HashMap<String, Vec<usize>>>>);
 
 impl Captures {
+    /// The size of each batch captured under `name`, in order.
+    pub fn batch_sizes(&self, name: &str) -> Vec<usize> {
+        self.1
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Events captured under `name`, with their tags.
     pub fn get(&self, name: &str) -> Vec<(String, Event)> {
         self.0
@@ -44,6 +54,13 @@ struct CaptureOutput {
 #[async_trait]
 impl Output for CaptureOutput {
     async fn write(&mut self, batch: &Batch) -> Delivery {
+        self.store
+            .1
+            .lock()
+            .unwrap()
+            .entry(self.name.clone())
+            .or_default()
+            .push(batch.len());
         let mut all = self.store.0.lock().unwrap();
         let list = all.entry(self.name.clone()).or_default();
         list.extend(
