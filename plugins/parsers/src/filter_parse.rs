@@ -265,15 +265,81 @@ impl Filter for ParseFilter {
             }
         }
         if dropped > 0 {
-            let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
-            warn!(
-                tag = %batch.tag,
-                dropped,
-                total,
-                reason = first_reason.as_deref().unwrap_or(""),
-                "parse: dropped events whose field did not parse (on_error = \"drop\")"
-            );
+            let before = self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            let total = before + dropped;
+            // Every batch for the first ten, then once per thousand events, so
+            // a stream of bad lines cannot flood the log.
+            if before < 10 || before / 1000 != total / 1000 {
+                warn!(
+                    tag = %batch.tag,
+                    dropped,
+                    total,
+                    reason = first_reason.as_deref().unwrap_or(""),
+                    "parse: dropped events whose field did not parse (on_error = \"drop\")"
+                );
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use ulog_engine::{EventTime, Tag, Value as P};
+
+    fn filter(given: &[(&str, P)]) -> ParseFilter {
+        let given: Vec<(String, P)> = given
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        ParseFilter::from_params(&spec().validate(&given).unwrap()).unwrap()
+    }
+
+    fn batch(messages: &[&str]) -> Batch {
+        let events = messages
+            .iter()
+            .map(|m| {
+                Event::new(
+                    EventTime::from_secs_nanos(1, 0),
+                    json!({ "message": m }).as_object().unwrap().clone(),
+                )
+            })
+            .collect();
+        Batch::new(Tag::parse("t").unwrap(), events)
+    }
+
+    #[tokio::test]
+    async fn drop_counts_what_it_drops() {
+        let f = filter(&[("format", "ltsv".into()), ("on_error", "drop".into())]);
+        let mut b = batch(&["a:1", "junk", "b:2", "more junk"]);
+        let mut rejects = Vec::new();
+        f.filter(&mut b, &mut rejects).await.unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(rejects.is_empty());
+        assert_eq!(f.dropped(), 2);
+        let mut b = batch(&["junk"]);
+        f.filter(&mut b, &mut rejects).await.unwrap();
+        assert_eq!(f.dropped(), 3);
+    }
+
+    #[tokio::test]
+    async fn errors_keep_the_original_event_and_the_reason() {
+        let f = filter(&[("format", "ltsv".into())]);
+        let mut b = batch(&["a:1", "junk"]);
+        let mut rejects = Vec::new();
+        f.filter(&mut b, &mut rejects).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(
+            rejects[0].event.record.to_json_string(),
+            r#"{"message":"junk"}"#
+        );
+        assert!(
+            rejects[0].reason.starts_with("field `message`: ltsv:"),
+            "{}",
+            rejects[0].reason
+        );
     }
 }
