@@ -132,6 +132,12 @@ impl Decoder {
                         }
                         self.msgpack(&m, default_time, out)
                     }
+                    // `curl -d '{...}'` sends JSON labelled as a form.
+                    (None, None)
+                        if matches!(body.trim_ascii_start().first(), Some(b'{' | b'[')) =>
+                    {
+                        self.json(body, default_time, out)
+                    }
                     (None, None) => Err(DecodeError::NoFormField),
                 }
             }
@@ -398,6 +404,13 @@ mod tests {
             decode(BodyKind::Form, b"other=1").unwrap_err(),
             DecodeError::NoFormField
         );
+        // JSON sent with a form Content-Type (curl -d) is read as JSON.
+        let events = decode(BodyKind::Form, br#" {"a":"x&y=z"}"#).unwrap();
+        assert_eq!(texts(&events), [r#"{"a":"x&y=z"}"#]);
+        assert!(matches!(
+            decode(BodyKind::Form, br#"{"a":"#),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     #[test]
