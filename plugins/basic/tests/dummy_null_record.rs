@@ -82,34 +82,17 @@ async fn dummy_generates_counted_batches_and_ends_at_max_events() {
 
 #[tokio::test]
 async fn dummy_batches_have_the_configured_size() {
-    // A sink that records the size of each batch it is given.
-    let (mut r, _) = registry();
-    let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = sizes.clone();
-    r.add_output(
-        ulog_engine::PluginSpec::new(ulog_engine::params::PluginKind::Output, "sizes", "test"),
-        move |_: &ulog_engine::Params, _: &ulog_engine::BuildContext| {
-            struct Sizes(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
-            #[ulog_engine::async_trait]
-            impl ulog_engine::Output for Sizes {
-                async fn write(&mut self, b: &ulog_engine::Batch) -> ulog_engine::Delivery {
-                    self.0.lock().unwrap().push(b.len());
-                    ulog_engine::Delivery::Delivered
-                }
-            }
-            Ok(Box::new(Sizes(seen.clone())) as Box<dyn ulog_engine::Output>)
-        },
-    );
+    let (registry, captures) = registry();
     let spec = pipeline(
         NodeSpec::new("dummy")
             .param("rate", 0i64)
             .param("size", 100i64)
             .param("max_events", 1050i64),
         vec![],
-        NodeSpec::new("sizes"),
+        capture(),
     );
-    run_to_end(&spec, &r).await;
-    let sizes = sizes.lock().unwrap().clone();
+    run_to_end(&spec, &registry).await;
+    let sizes = captures.batch_sizes("out");
     assert_eq!(sizes.len(), 11);
     assert!(sizes[..10].iter().all(|&s| s == 100), "{sizes:?}");
     assert_eq!(sizes[10], 50);

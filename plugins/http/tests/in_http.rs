@@ -24,8 +24,8 @@ async fn server(
     for (k, v) in extra {
         input = input.param(*k, v.clone());
     }
-    let (registry, captures, gate) = registry();
-    let running = start(&pipeline(vec![input], output), &registry);
+    let (registry, captures, gate) = http_registry();
+    let running = run(&pipeline(vec![input], output), &registry);
     wait_listening(port).await;
     (port, running, captures, gate)
 }
@@ -404,13 +404,13 @@ async fn a_request_in_flight_finishes_during_shutdown() {
 #[tokio::test]
 async fn a_stopped_pipeline_answers_503() {
     let port = free_port();
-    let (registry, captures, gate) = registry();
+    let (registry, captures, gate) = http_registry();
     let spec = pipeline(
         vec![NodeSpec::new("http").param("listen", format!("127.0.0.1:{port}"))],
         NodeSpec::new("gated").param("queue_batches", 1i64),
     );
     // The gate never opens: stopping gives up on the output after 1 s.
-    let running = start_with(&spec, &registry, Duration::from_secs(1));
+    let running = run_with_timeout(&spec, &registry, Duration::from_secs(1));
     wait_listening(port).await;
     let url = format!("http://127.0.0.1:{port}/stuck");
     let c = client();

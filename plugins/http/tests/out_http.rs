@@ -186,7 +186,7 @@ fn numbered(n: usize) -> Vec<Event> {
 #[tokio::test]
 async fn ndjson_with_headers_and_added_fields() {
     let server = TestServer::start().await;
-    let (registry, _, _) = registry();
+    let (registry, _, _) = http_registry();
     let out = http_out(&server.url)
         .param(
             "headers",
@@ -194,7 +194,7 @@ async fn ndjson_with_headers_and_added_fields() {
         )
         .param("tag_key", "tag")
         .param("time_key", "ts");
-    let running = start(&pipeline(vec![], out), &registry);
+    let running = run(&pipeline(vec![], out), &registry);
     emit(
         &running,
         "app.web",
@@ -233,13 +233,13 @@ async fn ndjson_with_headers_and_added_fields() {
 #[tokio::test]
 async fn gzip_json_arrays_with_put_split_into_requests() {
     let server = TestServer::start().await;
-    let (registry, _, _) = registry();
+    let (registry, _, _) = http_registry();
     let out = http_out(&server.url)
         .param("method", "PUT")
         .param("format", "json")
         .param("gzip", true)
         .param("batch_max_events", 3i64);
-    let running = start(&pipeline(vec![], out), &registry);
+    let running = run(&pipeline(vec![], out), &registry);
     emit(&running, "t", numbered(10)).await;
     wait_for("four requests", || server.received().len() == 4).await;
     stop(running).await;
@@ -262,8 +262,8 @@ async fn gzip_json_arrays_with_put_split_into_requests() {
 async fn a_503_is_retried_by_the_engine_until_it_is_taken() {
     let server = TestServer::start().await;
     server.state.fail.store(2, Ordering::SeqCst);
-    let (registry, captures, _) = registry();
-    let running = start(&pipeline(vec![], http_out(&server.url)), &registry);
+    let (registry, captures, _) = http_registry();
+    let running = run(&pipeline(vec![], http_out(&server.url)), &registry);
     emit(&running, "t", numbered(5)).await;
     wait_for("the batch to be taken", || server.received().len() == 1).await;
     let report = stop(running).await;
@@ -283,8 +283,8 @@ async fn a_503_is_retried_by_the_engine_until_it_is_taken() {
 async fn a_400_sends_the_events_to_the_errors_label_with_the_reason() {
     let server = TestServer::start().await;
     *server.state.reject_marker.lock().unwrap() = Some("\"bad\"".into());
-    let (registry, captures, _) = registry();
-    let running = start(&pipeline(vec![], http_out(&server.url)), &registry);
+    let (registry, captures, _) = http_registry();
+    let running = run(&pipeline(vec![], http_out(&server.url)), &registry);
     emit(
         &running,
         "t",
@@ -314,9 +314,9 @@ async fn a_400_sends_the_events_to_the_errors_label_with_the_reason() {
 async fn when_only_some_requests_of_a_batch_fail_only_their_events_do() {
     let server = TestServer::start().await;
     *server.state.reject_marker.lock().unwrap() = Some("\"bad\"".into());
-    let (registry, captures, _) = registry();
+    let (registry, captures, _) = http_registry();
     let out = http_out(&server.url).param("batch_max_events", 2i64);
-    let running = start(&pipeline(vec![], out), &registry);
+    let running = run(&pipeline(vec![], out), &registry);
     let events = [
         r#"{"n":0}"#,
         r#"{"n":1}"#,
@@ -347,9 +347,9 @@ async fn when_only_some_requests_of_a_batch_fail_only_their_events_do() {
 #[tokio::test]
 async fn an_unreachable_endpoint_is_retried_then_given_up_to_errors() {
     let port = free_port();
-    let (registry, captures, _) = registry();
+    let (registry, captures, _) = http_registry();
     let out = http_out(&format!("http://127.0.0.1:{port}/x")).param("retry_max_attempts", 3i64);
-    let running = start(&pipeline(vec![], out), &registry);
+    let running = run(&pipeline(vec![], out), &registry);
     emit(&running, "t", numbered(2)).await;
     wait_for("the events in errors", || captures.count("errors") == 2).await;
     let report = stop(running).await;
@@ -376,11 +376,11 @@ async fn a_server_that_never_answers_times_out_and_is_retried() {
             held.push(s);
         }
     });
-    let (registry, captures, _) = registry();
+    let (registry, captures, _) = http_registry();
     let out = http_out(&format!("http://{addr}/x"))
         .param("timeout", Duration::from_millis(200))
         .param("retry_max_attempts", 2i64);
-    let running = start(&pipeline(vec![], out), &registry);
+    let running = run(&pipeline(vec![], out), &registry);
     emit(&running, "t", numbered(1)).await;
     wait_for("the event in errors", || captures.count("errors") == 1).await;
     let report = stop(running).await;
@@ -399,8 +399,8 @@ async fn a_server_that_never_answers_times_out_and_is_retried() {
 async fn ulog_to_ulog_over_http_keeps_records_and_times() {
     // output http → input http of a second pipeline.
     let port = free_port();
-    let (registry, captures, _) = registry();
-    let receiver = start(
+    let (registry, captures, _) = http_registry();
+    let receiver = run(
         &pipeline(
             vec![NodeSpec::new("http").param("listen", format!("127.0.0.1:{port}"))],
             NodeSpec::new("capture"),
@@ -408,7 +408,7 @@ async fn ulog_to_ulog_over_http_keeps_records_and_times() {
         &registry,
     );
     wait_listening(port).await;
-    let sender = start(
+    let sender = run(
         &pipeline(
             vec![],
             http_out(&format!("http://127.0.0.1:{port}/relay.app"))

@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: a capturing output and pipeline
-//! plumbing.
+//! Helpers shared by the integration tests of the basic and http crates
+//! (http includes this file): capturing outputs and pipeline plumbing.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -46,14 +46,48 @@ impl Captures {
     }
 }
 
+/// Holds a `gated` output inside `write` until the test lets it go.
+pub struct Gate {
+    permits: tokio::sync::Semaphore,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(0),
+            entered: Default::default(),
+        }
+    }
+}
+
+impl Gate {
+    /// Lets `n` more writes through.
+    pub fn open(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Writes started so far (waiting at the gate or past it).
+    pub fn entered(&self) -> usize {
+        self.entered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 struct CaptureOutput {
     name: String,
     store: Captures,
+    /// When set, each write first waits for a permit.
+    gate: Option<Arc<Gate>>,
 }
 
 #[async_trait]
 impl Output for CaptureOutput {
     async fn write(&mut self, batch: &Batch) -> Delivery {
+        if let Some(gate) = &self.gate {
+            gate.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            gate.permits.acquire().await.unwrap().forget();
+        }
         self.store
             .1
             .lock()
@@ -73,25 +107,39 @@ impl Output for CaptureOutput {
     }
 }
 
-/// A registry with this crate's plugins and the test-only `capture` output.
+/// Registers the test-only outputs: `capture` and `gated` (a capture that
+/// waits at the returned gate), each keeping events under its `name`
+/// (default: its type name).
+pub fn add_test_outputs(r: &mut Registry) -> (Captures, Arc<Gate>) {
+    let captures = Captures::default();
+    let gate = Arc::new(Gate::default());
+    for (kind, gated) in [("capture", false), ("gated", true)] {
+        let store = captures.clone();
+        let gate = gate.clone();
+        r.add_output(
+            PluginSpec::new(PluginKind::Output, kind, "test sink").param(ParamSpec::with_default(
+                "name",
+                ParamKind::Str,
+                kind,
+                "which list",
+            )),
+            move |p: &Params, _: &BuildContext| {
+                Ok(Box::new(CaptureOutput {
+                    name: p.str("name")?.to_string(),
+                    store: store.clone(),
+                    gate: gated.then(|| gate.clone()),
+                }) as Box<dyn Output>)
+            },
+        );
+    }
+    (captures, gate)
+}
+
+/// A registry with the basic plugins and the test outputs.
 pub fn registry() -> (Registry, Captures) {
     let mut r = Registry::new();
     ulog_plugins_basic::register(&mut r);
-    let captures = Captures::default();
-    let store = captures.clone();
-    r.add_output(
-        PluginSpec::new(PluginKind::Output, "capture", "test sink").param(ParamSpec::required(
-            "name",
-            ParamKind::Str,
-            "which list",
-        )),
-        move |p: &Params, _: &BuildContext| {
-            Ok(Box::new(CaptureOutput {
-                name: p.str("name")?.to_string(),
-                store: store.clone(),
-            }) as Box<dyn Output>)
-        },
-    );
+    let (captures, _) = add_test_outputs(&mut r);
     (r, captures)
 }
 
@@ -114,16 +162,21 @@ pub fn errors_label() -> LabelSpec {
     }
 }
 
-/// Builds and starts `spec`.
+/// Builds and starts `spec` with `options`.
+pub fn start_with(spec: &PipelineSpec, registry: &Registry, options: BuildOptions) -> Running {
+    match Pipeline::build(spec, registry, options) {
+        Ok(p) => p.start(),
+        Err(errors) => panic!("pipeline did not build: {errors:?}"),
+    }
+}
+
+/// Builds and starts `spec`, relative paths resolving in `base_dir`.
 pub fn start(spec: &PipelineSpec, registry: &Registry, base_dir: &std::path::Path) -> Running {
     let options = BuildOptions {
         base_dir: base_dir.to_path_buf(),
         shutdown_timeout: Duration::from_secs(10),
     };
-    match Pipeline::build(spec, registry, options) {
-        Ok(p) => p.start(),
-        Err(errors) => panic!("pipeline did not build: {errors:?}"),
-    }
+    start_with(spec, registry, options)
 }
 
 /// Waits (at most 10 s) until `cond` holds.
@@ -138,10 +191,10 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Stops the pipeline and waits (at most 15 s) for it to end.
+/// Stops the pipeline and waits (at most 20 s) for it to end.
 pub async fn stop(running: Running) -> ulog_engine::RunReport {
     running.stop();
-    tokio::time::timeout(Duration::from_secs(15), running.wait())
+    tokio::time::timeout(Duration::from_secs(20), running.wait())
         .await
         .expect("pipeline did not stop in time")
 }

@@ -1,9 +1,13 @@
-//! Shared test plumbing: capturing and gated outputs, pipelines, an HTTP
-//! client.
+//! Test plumbing: the basic crate's shared helpers (capturing and gated
+//! outputs, pipelines) plus an HTTP client and ports.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+#[path = "../../../basic/tests/common/mod.rs"]
+mod shared;
+
+pub use shared::*;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,141 +16,20 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
-use ulog_engine::spec::{FlowSpec, LabelSpec, MatchSpec, NodeSpec, PipelineSpec};
-use ulog_engine::{
-    async_trait, Batch, BuildContext, BuildOptions, Delivery, Event, Output, ParamKind, ParamSpec,
-    Params, Pipeline, PluginKind, PluginSpec, Registry, Running,
-};
+use ulog_engine::spec::{FlowSpec, NodeSpec, PipelineSpec};
+use ulog_engine::{BuildOptions, Registry, Running};
 
-/// Captured events with their tags, by capture name.
-type Store = HashMap<String, Vec<(String, Event)>>;
-
-/// What the `capture` outputs received, by their `name` parameter.
-#[derive(Clone, Default)]
-pub struct Captures(Arc<Mutex<Store>>);
-
-impl Captures {
-    /// Events captured under `name`, with their tags.
-    pub fn get(&self, name: &str) -> Vec<(String, Event)> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Number of events captured under `name`.
-    pub fn count(&self, name: &str) -> usize {
-        self.0.lock().unwrap().get(name).map_or(0, Vec::len)
-    }
-}
-
-struct CaptureOutput {
-    name: String,
-    store: Captures,
-    /// When set, each write first takes a permit (tests open the gate).
-    gate: Option<Arc<Gate>>,
-}
-
-/// Holds a gated output inside `write` until the test lets it go.
-pub struct Gate {
-    permits: Semaphore,
-    /// Writes that have started (waiting at the gate or past it).
-    pub entered: std::sync::atomic::AtomicUsize,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self {
-            permits: Semaphore::new(0),
-            entered: Default::default(),
-        }
-    }
-}
-
-impl Gate {
-    /// Lets `n` more writes through.
-    pub fn open(&self, n: usize) {
-        self.permits.add_permits(n);
-    }
-
-    /// Writes started so far.
-    pub fn entered(&self) -> usize {
-        self.entered.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Output for CaptureOutput {
-    async fn write(&mut self, batch: &Batch) -> Delivery {
-        if let Some(gate) = &self.gate {
-            gate.entered
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            gate.permits.acquire().await.unwrap().forget();
-        }
-        let mut all = self.store.0.lock().unwrap();
-        all.entry(self.name.clone()).or_default().extend(
-            batch
-                .events
-                .iter()
-                .map(|e| (batch.tag.as_str().to_string(), e.clone())),
-        );
-        Delivery::Delivered
-    }
-}
-
-/// A registry with this crate's plugins (and the basic ones), a `capture`
-/// output and a `gated` output (a capture named "gated" behind `gate`).
-pub fn registry() -> (Registry, Captures, Arc<Gate>) {
+/// A registry with the basic and http plugins and the test outputs.
+pub fn http_registry() -> (Registry, Captures, Arc<Gate>) {
     let mut r = Registry::new();
     ulog_plugins_basic::register(&mut r);
     ulog_plugins_http::register(&mut r);
-    let captures = Captures::default();
-    let gate = Arc::new(Gate::default());
-    for (kind, gated) in [("capture", false), ("gated", true)] {
-        let store = captures.clone();
-        let gate = gate.clone();
-        r.add_output(
-            PluginSpec::new(PluginKind::Output, kind, "test sink").param(ParamSpec::with_default(
-                "name",
-                ParamKind::Str,
-                kind,
-                "which list",
-            )),
-            move |p: &Params, _: &BuildContext| {
-                Ok(Box::new(CaptureOutput {
-                    name: p.str("name")?.to_string(),
-                    store: store.clone(),
-                    gate: gated.then(|| gate.clone()),
-                }) as Box<dyn Output>)
-            },
-        );
-    }
+    let (captures, gate) = add_test_outputs(&mut r);
     (r, captures, gate)
 }
 
-/// `match "**" <outputs...>`.
-pub fn match_all(output: NodeSpec) -> MatchSpec {
-    MatchSpec {
-        patterns: vec!["**".into()],
-        outputs: vec![output],
-    }
-}
-
-/// A label `errors` whose events go to `capture { name = "errors" }`.
-pub fn errors_label() -> LabelSpec {
-    LabelSpec {
-        name: "errors".into(),
-        flow: FlowSpec {
-            filters: vec![],
-            matches: vec![match_all(NodeSpec::new("capture").param("name", "errors"))],
-        },
-    }
-}
-
-/// A pipeline of `inputs` whose every event goes to `output`.
+/// A pipeline of `inputs` whose every event goes to `output`, with an
+/// `errors` label captured as "errors".
 pub fn pipeline(inputs: Vec<NodeSpec>, output: NodeSpec) -> PipelineSpec {
     PipelineSpec {
         inputs,
@@ -158,41 +41,22 @@ pub fn pipeline(inputs: Vec<NodeSpec>, output: NodeSpec) -> PipelineSpec {
     }
 }
 
-/// Builds and starts `spec` with the given shutdown timeout.
-pub fn start_with(spec: &PipelineSpec, registry: &Registry, shutdown_timeout: Duration) -> Running {
+/// Builds and starts `spec` (no relative paths involved).
+pub fn run(spec: &PipelineSpec, registry: &Registry) -> Running {
+    start(spec, registry, &std::env::temp_dir())
+}
+
+/// Like [`run`], giving up on queued events `shutdown_timeout` after a stop.
+pub fn run_with_timeout(
+    spec: &PipelineSpec,
+    registry: &Registry,
+    shutdown_timeout: Duration,
+) -> Running {
     let options = BuildOptions {
         base_dir: std::env::temp_dir(),
         shutdown_timeout,
     };
-    match Pipeline::build(spec, registry, options) {
-        Ok(p) => p.start(),
-        Err(errors) => panic!("pipeline did not build: {errors:?}"),
-    }
-}
-
-/// Builds and starts `spec`.
-pub fn start(spec: &PipelineSpec, registry: &Registry) -> Running {
-    start_with(spec, registry, Duration::from_secs(10))
-}
-
-/// Stops the pipeline and waits (at most 20 s) for it to end.
-pub async fn stop(running: Running) -> ulog_engine::RunReport {
-    running.stop();
-    tokio::time::timeout(Duration::from_secs(20), running.wait())
-        .await
-        .expect("pipeline did not stop in time")
-}
-
-/// Waits (at most 10 s) until `cond` holds.
-pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    start_with(spec, registry, options)
 }
 
 /// A port nothing listens on right now (bound to 127.0.0.1:0, then released).
