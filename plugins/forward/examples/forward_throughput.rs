@@ -49,19 +49,34 @@ fn events(n: u64, raw: bool) -> Vec<Event> {
 fn rate(label: &str, events: u64, bytes: u64, elapsed: Duration) {
     let s = elapsed.as_secs_f64();
     println!(
-        "{label:<44} {:>10.0} events/s {:>8.1} MB/s",
+        "{label:<58} {:>10.0} events/s {:>8.1} MB/s",
         events as f64 / s,
         bytes as f64 / s / 1e6
     );
 }
 
 fn decode_rate(label: &str, stream: &[u8], events_in_stream: u64) {
+    decode_rate_as(
+        &format!("{label}, text records"),
+        stream,
+        events_in_stream,
+        true,
+    );
+    decode_rate_as(
+        &format!("{label}, map records"),
+        stream,
+        events_in_stream,
+        false,
+    );
+}
+
+fn decode_rate_as(label: &str, stream: &[u8], events_in_stream: u64, text: bool) {
     let rounds = (2_000_000 / events_in_stream).max(1);
     let start = Instant::now();
     let mut total = 0u64;
     for _ in 0..rounds {
         let mut buf = BytesMut::from(stream);
-        let mut d = FrameDecoder::default();
+        let mut d = FrameDecoder::default().text_records(text);
         while let Some(f) = d.decode(&mut buf).unwrap() {
             total += f.events.len() as u64;
         }

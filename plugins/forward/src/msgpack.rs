@@ -536,8 +536,8 @@ impl Reader<'_> {
             Item::Nil => out.extend_from_slice(b"null"),
             Item::Bool(true) => out.extend_from_slice(b"true"),
             Item::Bool(false) => out.extend_from_slice(b"false"),
-            Item::UInt(u) => write_display(out, u),
-            Item::Int(i) => write_display(out, i),
+            Item::UInt(u) => write_int(out, u),
+            Item::Int(i) => write_int(out, i),
             Item::F32(f) => write_float(out, f64::from(f)),
             Item::F64(f) => write_float(out, f),
             Item::Str(s) | Item::Bin(s) => write_json_str(out, s),
@@ -547,7 +547,7 @@ impl Reader<'_> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_display(out, *b);
+                    write_int(out, *b);
                 }
                 out.push(b']');
             }
@@ -591,10 +591,10 @@ impl Reader<'_> {
             match self.item()? {
                 Item::Str(s) | Item::Bin(s) => write_json_str(out, s),
                 other => {
-                    // A non-string key becomes its JSON text, as a string.
-                    let mut key = Vec::new();
-                    self.json_text_from(other, depth + 1, &mut key)?;
-                    write_json_str(out, &key);
+                    // A non-string key becomes its JSON text, as a string,
+                    // exactly as `map_entries` makes it (rare: no fast path).
+                    let key = self.json_from(other, depth + 1)?.to_string();
+                    write_json_str(out, key.as_bytes());
                 }
             }
             out.push(b':');
@@ -606,10 +606,9 @@ impl Reader<'_> {
     }
 }
 
-fn write_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{v}");
+fn write_int(out: &mut Vec<u8>, v: impl serde::Serialize) {
+    // serde_json's integer formatting; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &v);
 }
 
 fn write_float(out: &mut Vec<u8>, f: f64) {
