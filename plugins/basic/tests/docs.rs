@@ -1,99 +1,34 @@
 //! docs/plugins/basic.md documents every parameter of every plugin of this
 //! crate with the default the code declares, and its routes examples build.
 
-use std::path::Path;
+mod common;
 
-use ulog_engine::{PluginKind, Registry};
+use common::docs;
+use ulog_engine::Registry;
 
-const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/plugins/basic.md");
-
-/// Parameters documented elsewhere: the engine's own, and the format options
-/// `stdin` takes from the parsers (docs/plugins/parsers.md).
-fn documented_elsewhere(plugin: &str, name: &str) -> bool {
-    let engine = [
-        "id",
-        "label",
-        "retry_wait",
-        "retry_max_wait",
-        "retry_max_attempts",
-        "queue_batches",
-    ];
-    let format_option = plugin == "stdin"
-        && !matches!(name, "format" | "message_key")
-        && ulog_parsers::format_params("json")
-            .iter()
-            .any(|p| p.name == name);
-    engine.contains(&name) || format_option
-}
-
-fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
-    let start = doc
-        .find(&format!("\n## {heading}\n"))
-        .unwrap_or_else(|| panic!("no section `## {heading}`"));
-    let rest = &doc[start + 1..];
-    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
-    &rest[..end]
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    ulog_plugins_basic::register(&mut registry);
+    registry
 }
 
 #[test]
 fn every_parameter_is_documented_with_its_default() {
-    let doc = std::fs::read_to_string(DOC).expect("docs/plugins/basic.md");
-    let mut registry = Registry::new();
-    ulog_plugins_basic::register(&mut registry);
-    let mut checked = 0;
-    for spec in registry.specs().filter(|s| s.name != "relabel") {
-        let text = section(&doc, &format!("`{} {}`", spec.kind, spec.name));
-        for p in spec
-            .params
-            .iter()
-            .filter(|p| !documented_elsewhere(spec.name, p.name))
-        {
-            let row = text
-                .lines()
-                .find(|l| l.starts_with(&format!("| `{}` |", p.name)))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "`{} {}`: `{}` is not documented",
-                        spec.kind, spec.name, p.name
-                    )
-                });
-            let default = match (&p.default, p.required) {
-                (_, true) => "*required*".to_string(),
-                (Some(v), _) => format!("`{v}`"),
-                (None, _) => "unset".to_string(),
-            };
-            assert!(
-                row.contains(&format!("| {default} |")),
-                "`{}`: should show {default}: {row}",
-                p.name
-            );
-            checked += 1;
-        }
-    }
+    let registry = registry();
+    let specs: Vec<_> = registry.specs().filter(|s| s.name != "relabel").collect();
+    assert_eq!(specs.len(), 6);
+    // stdin takes the parsers' format options, documented in parsers.md.
+    let formats = ulog_parsers::format_params("json");
+    let checked = docs::check_params(&docs::read("basic.md"), &specs, |plugin, name| {
+        plugin == "stdin"
+            && !matches!(name, "format" | "message_key")
+            && formats.iter().any(|p| p.name == name)
+    });
     assert!(checked >= 29, "only {checked} parameters checked");
-    assert_eq!(registry.names(PluginKind::Input), ["dummy", "stdin"]);
 }
 
 #[test]
 fn routes_examples_in_the_docs_build() {
-    let doc = std::fs::read_to_string(DOC).expect("docs/plugins/basic.md");
-    let mut registry = Registry::new();
-    ulog_plugins_basic::register(&mut registry);
-    let options = ulog_lang::Options::with_vars([("HOSTNAME", "h")]);
-    let mut built = 0;
-    for (i, block) in doc.split("```conf\n").skip(1).enumerate() {
-        let body = &block[..block.find("```").expect("closed code block")];
-        if let Err(errors) =
-            ulog_lang::compile_str("basic.md", body, Path::new("/tmp"), &registry, &options)
-        {
-            let rendered: Vec<String> = errors.iter().map(|e| e.render()).collect();
-            panic!(
-                "example {} does not build:\n{body}\n{}",
-                i + 1,
-                rendered.join("\n")
-            );
-        }
-        built += 1;
-    }
+    let built = docs::check_examples(&docs::read("basic.md"), &registry(), &[("HOSTNAME", "h")]);
     assert!(built >= 6, "only {built} examples");
 }

@@ -308,61 +308,27 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(report.metrics.node("http#1").unwrap().events_in, 1);
 }
 
-#[tokio::test]
-async fn the_answer_waits_until_the_pipeline_accepted_the_events() {
-    let (port, running, captures, gate) =
-        server(NodeSpec::new("gated").param("queue_batches", 1i64), &[]).await;
-    let url = format!("http://127.0.0.1:{port}/slow");
-    let c = client();
-    // A: taken by the output, which then waits at the gate.
-    assert_eq!(
-        post(&c, &url, "application/json", r#"{"n":"A"}"#)
-            .await
-            .status,
-        StatusCode::OK
+/// An http input in front of the `gated` output with a one-batch queue;
+/// `shutdown_timeout` bounds how long stopping waits for that output.
+async fn gated_server(
+    shutdown_timeout: Duration,
+) -> (u16, ulog_engine::Running, Captures, std::sync::Arc<Gate>) {
+    let port = free_port();
+    let (registry, captures, gate) = http_registry();
+    let spec = pipeline(
+        vec![NodeSpec::new("http").param("listen", format!("127.0.0.1:{port}"))],
+        NodeSpec::new("gated").param("queue_batches", 1i64),
     );
-    wait_for("the output to hold A", || gate.entered() == 1).await;
-    // B: fits in the queue (one batch).
-    assert_eq!(
-        post(&c, &url, "application/json", r#"{"n":"B"}"#)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    // C: the queue is full, so the pipeline has not accepted it: no answer.
-    let c2 = client();
-    let url2 = url.clone();
-    let mut pending =
-        tokio::spawn(async move { post(&c2, &url2, "application/json", r#"{"n":"C"}"#).await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut pending)
-            .await
-            .is_err(),
-        "the POST must not be answered before the pipeline takes the events"
-    );
-    // The output takes B; C now fits and is answered.
-    gate.open(1);
-    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
-        .await
-        .expect("answered once accepted")
-        .unwrap();
-    assert_eq!(answer.status, StatusCode::OK);
-    gate.open(100);
-    wait_for("all three", || captures.count("gated") == 3).await;
-    stop(running).await;
-    let order: Vec<String> = captures
-        .get("gated")
-        .iter()
-        .map(|(_, e)| e.record.to_map()["n"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(order, ["A", "B", "C"]);
+    let running = run_with_timeout(&spec, &registry, shutdown_timeout);
+    wait_listening(port).await;
+    (port, running, captures, gate)
 }
 
-#[tokio::test]
-async fn a_request_in_flight_finishes_during_shutdown() {
-    let (port, running, captures, gate) =
-        server(NodeSpec::new("gated").param("queue_batches", 1i64), &[]).await;
-    let url = format!("http://127.0.0.1:{port}/drain");
+/// Posts `{"n":1}`, which the gated output takes and holds, and `{"n":2}`,
+/// which waits in its one-batch queue — both answered 200 — then `{"n":3}`,
+/// which the pipeline cannot accept yet: returns that request, pending.
+async fn fill_the_queue(port: u16, gate: &Gate) -> tokio::task::JoinHandle<Answer> {
+    let url = format!("http://127.0.0.1:{port}/queued");
     let c = client();
     assert_eq!(
         post(&c, &url, "application/json", r#"{"n":1}"#)
@@ -378,9 +344,44 @@ async fn a_request_in_flight_finishes_during_shutdown() {
         StatusCode::OK
     );
     let c2 = client();
-    let url2 = url.clone();
-    let pending =
-        tokio::spawn(async move { post(&c2, &url2, "application/json", r#"{"n":3}"#).await });
+    tokio::spawn(async move { post(&c2, &url, "application/json", r#"{"n":3}"#).await })
+}
+
+fn numbers(captures: &Captures) -> Vec<i64> {
+    captures
+        .get("gated")
+        .iter()
+        .map(|(_, e)| e.record.to_map()["n"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_answer_waits_until_the_pipeline_accepted_the_events() {
+    let (port, running, captures, gate) = gated_server(Duration::from_secs(10)).await;
+    let mut pending = fill_the_queue(port, &gate).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut pending)
+            .await
+            .is_err(),
+        "the POST must not be answered before the pipeline takes the events"
+    );
+    // The output takes 2; 3 now fits in the queue and is answered.
+    gate.open(1);
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("answered once accepted")
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    gate.open(100);
+    wait_for("all three", || captures.count("gated") == 3).await;
+    stop(running).await;
+    assert_eq!(numbers(&captures), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_during_shutdown() {
+    let (port, running, captures, gate) = gated_server(Duration::from_secs(10)).await;
+    let pending = fill_the_queue(port, &gate).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.stop();
     // New connections are refused once the listener is closed.
@@ -398,38 +399,14 @@ async fn a_request_in_flight_finishes_during_shutdown() {
         .await
         .unwrap();
     assert_eq!(report.lost, 0);
-    assert_eq!(captures.count("gated"), 3);
+    assert_eq!(numbers(&captures), [1, 2, 3]);
 }
 
 #[tokio::test]
 async fn a_stopped_pipeline_answers_503() {
-    let port = free_port();
-    let (registry, captures, gate) = http_registry();
-    let spec = pipeline(
-        vec![NodeSpec::new("http").param("listen", format!("127.0.0.1:{port}"))],
-        NodeSpec::new("gated").param("queue_batches", 1i64),
-    );
     // The gate never opens: stopping gives up on the output after 1 s.
-    let running = run_with_timeout(&spec, &registry, Duration::from_secs(1));
-    wait_listening(port).await;
-    let url = format!("http://127.0.0.1:{port}/stuck");
-    let c = client();
-    assert_eq!(
-        post(&c, &url, "application/json", r#"{"n":1}"#)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    wait_for("the output to hold 1", || gate.entered() == 1).await;
-    assert_eq!(
-        post(&c, &url, "application/json", r#"{"n":2}"#)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let c2 = client();
-    let pending =
-        tokio::spawn(async move { post(&c2, &url, "application/json", r#"{"n":3}"#).await });
+    let (port, running, captures, gate) = gated_server(Duration::from_secs(1)).await;
+    let pending = fill_the_queue(port, &gate).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = stop(running).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), pending)

@@ -2,6 +2,8 @@
 //! (http includes this file): capturing outputs and pipeline plumbing.
 #![allow(dead_code)]
 
+pub mod docs;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
