@@ -1,5 +1,7 @@
-//! A real client: Python's fluent-logger (Debian's python3-fluent-logger)
-//! sending to `input forward` over TCP and a Unix socket.
+//! Real clients sending to `input forward`: Python's fluent-logger (Debian's
+//! python3-fluent-logger) over TCP and a Unix socket, and Go's
+//! fluent-logger-golang (golang-github-fluent-fluent-logger-golang-dev) with
+//! `RequestAck`, which checks every ack we send.
 
 mod common;
 
@@ -159,4 +161,109 @@ s.close()
         json!(format!("unix:{}", path.display()))
     );
     assert!(!path.exists(), "the socket file is removed on stop");
+}
+
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/fluent/fluent-logger-golang/fluent"
+)
+
+func main() {
+	port, _ := strconv.Atoi(os.Args[1])
+	logger, err := fluent.New(fluent.Config{
+		FluentHost: "127.0.0.1", FluentPort: port,
+		RequestAck: true, SubSecondPrecision: true,
+		Timeout: 5 * time.Second, WriteTimeout: 5 * time.Second, MaxRetry: 2,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "new:", err)
+		os.Exit(1)
+	}
+	for i := 0; i < 20; i++ {
+		t := time.Unix(1700000000+int64(i), int64(i)*1000+7)
+		if err := logger.PostWithTime("go.app", t, map[string]interface{}{"i": i, "lang": "go"}); err != nil {
+			fmt.Fprintln(os.Stderr, "post:", err)
+			os.Exit(1)
+		}
+	}
+	if err := logger.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "close:", err)
+		os.Exit(1)
+	}
+}
+"#;
+
+/// Builds the Go client against Debian's golang-github-fluent-fluent-logger-golang-dev.
+fn build_go_client(dir: &std::path::Path) -> std::path::PathBuf {
+    const PKG: &str = "/usr/share/gocode/src/github.com/fluent/fluent-logger-golang/fluent";
+    assert!(
+        std::path::Path::new(PKG).exists(),
+        "the Go fluent-logger sources are missing: install the Debian package \
+         golang-github-fluent-fluent-logger-golang-dev (apt-get install -y \
+         golang-github-fluent-fluent-logger-golang-dev)"
+    );
+    std::fs::write(dir.join("main.go"), GO_CLIENT).unwrap();
+    let bin = dir.join("client");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(dir)
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .output()
+        .unwrap_or_else(|e| panic!("running `go` failed ({e}): the Go toolchain must be on PATH"));
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_fluent_logger_waits_for_our_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || build_go_client(&dir)
+    })
+    .await
+    .unwrap();
+    let port = free_port();
+    let (reg, sink) = registry_with_sink("capture");
+    let running = start(&reg, vec![input(port, vec![])], NodeSpec::new("capture"));
+    wait_listening(port).await;
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    let out = within(Duration::from_secs(60), run).await.unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "the Go client failed (it checks every ack): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(10), "20 events", || sink.len() >= 20).await;
+    running.stop();
+    within(Duration::from_secs(15), running.wait()).await;
+    let events = sink.events();
+    assert_eq!(events.len(), 20);
+    for (k, (tag, e)) in events.iter().enumerate() {
+        assert_eq!(tag, "go.app");
+        assert_eq!(e.record.to_map()["i"], json!(k));
+        assert_eq!(e.record.to_map()["lang"], json!("go"));
+        assert_eq!(
+            e.time,
+            EventTime::from_secs_nanos(1_700_000_000 + k as i64, k as u32 * 1000 + 7)
+        );
+    }
 }

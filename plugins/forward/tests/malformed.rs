@@ -546,3 +546,54 @@ async fn idle_connections_time_out_and_connections_are_limited() {
     within(Duration::from_secs(5), running.wait()).await;
     assert_eq!(sink.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_good_and_bad_clients() {
+    let port = free_port();
+    let (reg, sink) = registry_with_sink("capture");
+    let running = start(
+        &reg,
+        vec![input(
+            port,
+            vec![("chunk_size_limit", Value::Size(64 * 1024))],
+        )],
+        NodeSpec::new("capture"),
+    );
+    wait_listening(port).await;
+    let bad: Vec<Vec<u8>> = corpus()
+        .into_iter()
+        .filter(|(_, _, e)| matches!(e, Expect::Fatal(_)))
+        .map(|(_, b, _)| b)
+        .collect();
+    let mut tasks = Vec::new();
+    for client in 0..4i64 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            for k in 0..200 {
+                send_acked(&mut c, client * 1000 + k).await;
+            }
+        }));
+        let bad = bad.clone();
+        tasks.push(tokio::spawn(async move {
+            for (k, bytes) in bad
+                .iter()
+                .cycle()
+                .skip(client as usize)
+                .take(20)
+                .enumerate()
+            {
+                send_and_expect_close(port, bytes, k % 2 == 0).await;
+            }
+        }));
+    }
+    for t in tasks {
+        within(Duration::from_secs(60), t).await.unwrap();
+    }
+    running.stop();
+    within(Duration::from_secs(5), running.wait()).await;
+    let mut want: Vec<i64> = (0..4)
+        .flat_map(|c| (0..200).map(move |k| c * 1000 + k))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(sink.ints("n"), want);
+}
