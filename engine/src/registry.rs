@@ -76,7 +76,7 @@ pub mod output_defaults {
     /// Longest wait between retries.
     pub const RETRY_MAX_WAIT: Duration = Duration::from_secs(30);
     /// Batches queued in front of an output before inputs are slowed down.
-    pub const QUEUE_BATCHES: i64 = 64;
+    pub const QUEUE_BATCHES: i64 = 16;
 }
 
 impl Registry {

@@ -124,6 +124,11 @@ impl Emitter {
         if !rejects.is_empty() {
             self.send_to_errors(rejects, self.flow).await?;
         }
+        // Let the outputs just woken run now, or be stolen by another worker:
+        // an input with data always ready would otherwise fill every queue
+        // before the scheduler's budget makes it yield, holding up to
+        // `queue_batches` batches in memory and leaving the other core idle.
+        tokio::task::yield_now().await;
         Ok(())
     }
 
