@@ -543,7 +543,21 @@ impl ForwardOutput {
 
     async fn send_to(&mut self, i: usize, chunk: Option<&str>) -> Result<(), SendError> {
         let reused = match self.nodes[i].conn.take() {
-            Some(mut c) if self.config.keepalive => still_open(&mut c).await.then_some(c),
+            Some(mut c) if self.config.keepalive => match idle_state(&mut c).await {
+                Idle::Open => Some(c),
+                Idle::Closed => None,
+                Idle::Unexpected(data) => {
+                    if handshake::parse_helo(&data).is_ok() {
+                        warn!(
+                            output = %self.id, server = %self.nodes[i].cfg.name,
+                            "the server sent HELO: it requires the shared_key handshake, which this output is not configured for (set shared_key); frames sent without acks were refused"
+                        );
+                    } else {
+                        debug!(output = %self.id, server = %self.nodes[i].cfg.name, bytes = data.len(), "unexpected data on an idle connection; reconnecting");
+                    }
+                    None
+                }
+            },
             _ => None,
         };
         let was_reused = reused.is_some();
@@ -646,14 +660,26 @@ impl ForwardOutput {
     }
 }
 
-/// Whether an idle kept-alive connection is still usable: the server never
-/// sends anything unasked, so readable means closed (or out of step).
-async fn still_open(conn: &mut Box<dyn Stream>) -> bool {
-    let mut b = [0u8; 256];
+/// The state of an idle kept-alive connection.
+enum Idle {
+    /// Nothing to read: usable.
+    Open,
+    /// Closed or broken.
+    Closed,
+    /// The server sent something unasked (a late ack, a HELO, a PONG).
+    Unexpected(Vec<u8>),
+}
+
+/// Checks an idle kept-alive connection before reuse: the server never
+/// sends anything unasked, so readable means closed or out of step.
+async fn idle_state(conn: &mut Box<dyn Stream>) -> Idle {
+    let mut b = [0u8; 1024];
     // A zero timeout polls the read exactly once.
-    tokio::time::timeout(Duration::ZERO, conn.read(&mut b))
-        .await
-        .is_err()
+    match tokio::time::timeout(Duration::ZERO, conn.read(&mut b)).await {
+        Err(_) => Idle::Open,
+        Ok(Ok(0)) | Ok(Err(_)) => Idle::Closed,
+        Ok(Ok(n)) => Idle::Unexpected(b[..n].to_vec()),
+    }
 }
 
 fn chunk_id() -> String {

@@ -153,6 +153,25 @@ async fn shared_key_right_key_delivers_wrong_key_is_refused() {
     })
     .await;
     wait_log(&["out_hs_bad", "giving up on a batch"]).await;
+
+    // A client without a shared_key is told why, with or without acks.
+    let no_key_ack = sender(
+        "out_hs_nokey_ack",
+        servers(&[(port, 60, false)]),
+        vec![
+            ("require_ack_response", true.into()),
+            ("retry_max_attempts", Value::Int(1)),
+        ],
+    );
+    send(&no_key_ack, "hs.nokey", events(200, 3)).await;
+    wait_log(&["out_hs_nokey_ack", "the server sent HELO", "shared_key"]).await;
+    let no_key = sender("out_hs_nokey", servers(&[(port, 60, false)]), vec![]);
+    send(&no_key, "hs.nokey", events(300, 3)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&no_key, "hs.nokey", events(400, 3)).await;
+    wait_log(&["out_hs_nokey", "requires the shared_key handshake"]).await;
+    stop(no_key).await;
+    stop(no_key_ack).await;
     stop(bad).await;
     stop(good).await;
     stop(rx).await;
@@ -342,8 +361,38 @@ async fn tls_with_generated_certificates() {
         tls_opts(&pki.ca, vec![("tls_server_name", "localhost".into())]),
     );
     send(&by_name, "tls.name", events(400, 5)).await;
-    wait_for(Duration::from_secs(10), "30 events", || sink.len() >= 30).await;
-    for r in [trusted, untrusted, plain, insecure, by_name] {
+    // A name the certificate does not carry: refused, unless only the chain
+    // is checked (tls_verify_hostname = false).
+    let wrong_name = sender(
+        "out_tls_wrong_name",
+        servers(&[(port, 60, false)]),
+        tls_opts(
+            &pki.ca,
+            vec![
+                ("tls_server_name", "elsewhere.example".into()),
+                ("retry_max_attempts", Value::Int(1)),
+            ],
+        ),
+    );
+    send(&wrong_name, "tls.wrong", events(500, 5)).await;
+    let line = wait_log(&["out_tls_wrong_name", "forward server failed"]).await;
+    assert!(line.contains("not valid for name"), "{line}");
+    let chain_only = sender(
+        "out_tls_chain_only",
+        servers(&[(port, 60, false)]),
+        tls_opts(
+            &pki.ca,
+            vec![
+                ("tls_server_name", "elsewhere.example".into()),
+                ("tls_verify_hostname", false.into()),
+            ],
+        ),
+    );
+    send(&chain_only, "tls.chain", events(600, 5)).await;
+    wait_for(Duration::from_secs(10), "35 events", || sink.len() >= 35).await;
+    for r in [
+        trusted, untrusted, plain, insecure, by_name, wrong_name, chain_only,
+    ] {
         stop(r).await;
     }
     stop(rx).await;
@@ -351,7 +400,8 @@ async fn tls_with_generated_certificates() {
     assert_eq!(tags.iter().filter(|t| *t == "tls.ok").count(), 20);
     assert_eq!(tags.iter().filter(|t| *t == "tls.insecure").count(), 5);
     assert_eq!(tags.iter().filter(|t| *t == "tls.name").count(), 5);
-    assert_eq!(tags.len(), 30, "{tags:?}");
+    assert_eq!(tags.iter().filter(|t| *t == "tls.chain").count(), 5);
+    assert_eq!(tags.len(), 35, "{tags:?}");
     assert!(Path::new(&pki.ca).exists());
 }
 
