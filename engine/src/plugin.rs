@@ -114,6 +114,15 @@ pub trait Filter: Send + Sync + 'static {
         batch: &mut Batch,
         rejects: &mut Vec<Rejected>,
     ) -> Result<(), PluginError>;
+
+    /// Whether each event's result depends only on that event (no state
+    /// carried from one event to the next). When true for every filter a
+    /// large batch passes through, the engine cuts it into chunks and filters
+    /// them on several cores at once. Stateful filters (counters, sessions,
+    /// per-household rules) keep the default, `false`, and see events in order.
+    fn order_independent(&self) -> bool {
+        false
+    }
 }
 
 /// How an output fared with one batch.

@@ -45,6 +45,7 @@ pub struct EmitError;
 struct FilterNode {
     id: Arc<str>,
     filter: Arc<dyn Filter>,
+    metrics: Arc<NodeMetrics>,
 }
 
 struct Flow {
@@ -223,93 +224,205 @@ impl Emitter {
     }
 
     /// Runs filters and enqueues; returns the events that were rejected.
-    async fn route(
-        &mut self,
-        flow: usize,
-        mut batch: Batch,
-    ) -> Result<Vec<(Tag, Rejected, Arc<str>)>, EmitError> {
+    ///
+    /// A large batch whose filters are all order-independent is cut into one
+    /// chunk per core and filtered in parallel (one connection's regex parsing
+    /// then uses every core); the chunks are enqueued in their original order.
+    async fn route(&mut self, flow: usize, batch: Batch) -> Result<Rejects, EmitError> {
         let shared = self.shared.clone();
         let mut rejects = Vec::new();
-        let mut reroutes = 0;
-        'route: loop {
+        let mut pending = std::collections::VecDeque::from([(batch, 0usize)]);
+        while let Some((batch, reroutes)) = pending.pop_front() {
             let decision = self.decide(flow, &batch.tag);
-            for &fi in decision.filters.iter() {
-                let node = &shared.flows[flow].filters[fi];
-                let tag_before = batch.tag.clone();
-                let mut refused = Vec::new();
-                let result = node.filter.filter(&mut batch, &mut refused).await;
-                rejects.extend(
-                    refused
-                        .into_iter()
-                        .map(|r| (tag_before.clone(), r, node.id.clone())),
-                );
-                if let Err(e) = result {
-                    let reason = format!("filter failed: {e}");
-                    rejects.extend(batch.events.drain(..).map(|event| {
-                        (
-                            tag_before.clone(),
-                            Rejected {
-                                event,
-                                reason: reason.clone(),
-                            },
-                            node.id.clone(),
-                        )
-                    }));
+            let tag = batch.tag.clone();
+            let results = if decision.filters.is_empty() {
+                vec![batch]
+            } else if batch.len() >= PARALLEL_FILTER_MIN
+                && parallelism() > 1
+                && decision
+                    .filters
+                    .iter()
+                    .all(|&fi| shared.flows[flow].filters[fi].filter.order_independent())
+            {
+                filter_in_parallel(&shared, flow, &decision.filters, batch, &mut rejects).await
+            } else {
+                let (b, r) =
+                    run_filters(shared.clone(), flow, decision.filters.clone(), batch).await;
+                rejects.extend(r);
+                vec![b]
+            };
+            for mut b in results {
+                if b.is_empty() {
+                    continue;
                 }
-                if batch.is_empty() {
-                    return Ok(rejects);
-                }
-                if batch.tag != tag_before {
-                    reroutes += 1;
-                    if reroutes > MAX_REROUTES {
+                if b.tag != tag {
+                    if reroutes + 1 > MAX_REROUTES {
                         let reason = format!(
                             "tag rewritten more than {MAX_REROUTES} times (a rewrite loop?)"
                         );
-                        let tag = batch.tag.clone();
-                        rejects.extend(batch.events.drain(..).map(|event| {
+                        let node: Arc<str> = "router".into();
+                        let t = b.tag.clone();
+                        rejects.extend(b.events.drain(..).map(|event| {
                             (
-                                tag.clone(),
+                                t.clone(),
                                 Rejected {
                                     event,
                                     reason: reason.clone(),
                                 },
-                                node.id.clone(),
+                                node.clone(),
                             )
                         }));
-                        return Ok(rejects);
+                    } else {
+                        pending.push_back((b, reroutes + 1));
                     }
-                    continue 'route;
+                    continue;
+                }
+                self.enqueue(flow, &decision, b).await?;
+            }
+        }
+        Ok(rejects)
+    }
+
+    /// Hands a filtered batch to the outputs of its block (or counts it as
+    /// unmatched).
+    async fn enqueue(
+        &self,
+        flow: usize,
+        decision: &Decision,
+        batch: Batch,
+    ) -> Result<(), EmitError> {
+        let shared = &self.shared;
+        match &decision.outputs {
+            None => {
+                NodeMetrics::add(&shared.metrics.unmatched, batch.len());
+                if first_time(&shared.unmatched_seen, batch.tag.clone()) {
+                    let flow_name = shared.flows[flow].name.as_deref().unwrap_or("top level");
+                    warn!(tag = %batch.tag, flow = flow_name, "no match block takes this tag; its events are counted as unmatched");
                 }
             }
-            match &decision.outputs {
-                None => {
-                    NodeMetrics::add(&shared.metrics.unmatched, batch.len());
-                    if first_time(&shared.unmatched_seen, batch.tag.clone()) {
-                        let flow_name = shared.flows[flow].name.as_deref().unwrap_or("top level");
-                        warn!(tag = %batch.tag, flow = flow_name, "no match block takes this tag; its events are counted as unmatched");
-                    }
-                }
-                Some(outputs) => {
-                    let n = batch.len();
-                    let shared_batch = Arc::new(batch);
-                    for &o in outputs.iter() {
-                        let slot = &shared.outputs[o];
-                        NodeMetrics::add(&slot.metrics.queued, n);
-                        if slot
-                            .tx
-                            .send(OutMsg::Batch(shared_batch.clone()))
-                            .await
-                            .is_err()
-                        {
-                            NodeMetrics::sub(&slot.metrics.queued, n);
-                            return Err(EmitError);
-                        }
+            Some(outputs) => {
+                let n = batch.len();
+                let shared_batch = Arc::new(batch);
+                for &o in outputs.iter() {
+                    let slot = &shared.outputs[o];
+                    NodeMetrics::add(&slot.metrics.queued, n);
+                    if slot
+                        .tx
+                        .send(OutMsg::Batch(shared_batch.clone()))
+                        .await
+                        .is_err()
+                    {
+                        NodeMetrics::sub(&slot.metrics.queued, n);
+                        return Err(EmitError);
                     }
                 }
             }
-            return Ok(rejects);
+        }
+        Ok(())
+    }
+}
+
+/// Events refused on the way, with the tag they had and the node that
+/// refused them.
+type Rejects = Vec<(Tag, Rejected, Arc<str>)>;
+
+/// Batches smaller than this are filtered on the emitting task: splitting
+/// costs more than it saves.
+const PARALLEL_FILTER_MIN: usize = 512;
+
+fn parallelism() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Cuts `batch` into one chunk per core, filters the chunks concurrently, and
+/// returns the results in the original order.
+async fn filter_in_parallel(
+    shared: &Arc<Shared>,
+    flow: usize,
+    filters: &Arc<[usize]>,
+    mut batch: Batch,
+    rejects: &mut Rejects,
+) -> Vec<Batch> {
+    let chunks = parallelism()
+        .min(batch.len() / (PARALLEL_FILTER_MIN / 2))
+        .max(1);
+    let size = batch.len().div_ceil(chunks);
+    let mut tails = Vec::new();
+    while batch.len() > size {
+        let rest = batch.events.split_off(size);
+        tails.push(Batch::new(
+            batch.tag.clone(),
+            std::mem::replace(&mut batch.events, rest),
+        ));
+    }
+    tails.push(batch);
+    // tails[0] is the first chunk; run all but the first on other workers.
+    let mut chunks = tails.into_iter();
+    let first = chunks.next().expect("at least one chunk");
+    let handles: Vec<_> = chunks
+        .map(|chunk| tokio::spawn(run_filters(shared.clone(), flow, filters.clone(), chunk)))
+        .collect();
+    let (b, r) = run_filters(shared.clone(), flow, filters.clone(), first).await;
+    rejects.extend(r);
+    let mut out = vec![b];
+    for h in handles {
+        match h.await {
+            Ok((b, r)) => {
+                rejects.extend(r);
+                out.push(b);
+            }
+            Err(e) => {
+                // A filter panicked: its chunk is gone. Say so loudly.
+                error!(error = %e, "a filter task failed; its chunk of events is lost");
+                NodeMetrics::add(&shared.metrics.dropped, 1);
+            }
         }
     }
+    out
+}
+
+/// Runs the filters `filters` of `flow` over `batch` in order, stopping
+/// early when one changes the tag (the batch is then routed again).
+async fn run_filters(
+    shared: Arc<Shared>,
+    flow: usize,
+    filters: Arc<[usize]>,
+    mut batch: Batch,
+) -> (Batch, Rejects) {
+    let mut rejects = Vec::new();
+    for &fi in filters.iter() {
+        let node = &shared.flows[flow].filters[fi];
+        let tag_before = batch.tag.clone();
+        let mut refused = Vec::new();
+        NodeMetrics::add(&node.metrics.events_in, batch.len());
+        let result = node.filter.filter(&mut batch, &mut refused).await;
+        NodeMetrics::add(&node.metrics.events_failed, refused.len());
+        rejects.extend(
+            refused
+                .into_iter()
+                .map(|r| (tag_before.clone(), r, node.id.clone())),
+        );
+        if let Err(e) = result {
+            let reason = format!("filter failed: {e}");
+            NodeMetrics::add(&node.metrics.events_failed, batch.len());
+            rejects.extend(batch.events.drain(..).map(|event| {
+                (
+                    tag_before.clone(),
+                    Rejected {
+                        event,
+                        reason: reason.clone(),
+                    },
+                    node.id.clone(),
+                )
+            }));
+        }
+        NodeMetrics::add(&node.metrics.events_out, batch.len());
+        if batch.is_empty() || batch.tag != tag_before {
+            break;
+        }
+    }
+    (batch, rejects)
 }
 
 enum OutputKind {
@@ -611,8 +724,12 @@ impl Pipeline {
                 match factory(&params, &b.ctx(&id)) {
                     Ok(filter) => {
                         let id: Arc<str> = id.into();
-                        metrics.node(&id, PluginKind::Filter);
-                        filters.push(FilterNode { id, filter });
+                        let metrics = metrics.node(&id, PluginKind::Filter);
+                        filters.push(FilterNode {
+                            id,
+                            filter,
+                            metrics,
+                        });
                         filter_sets.push(set);
                     }
                     Err(e) => b.errors.push(SpecError::error(

@@ -809,3 +809,109 @@ fn an_input_and_an_output_of_the_same_type_get_distinct_default_ids() {
         "burst#2"
     );
 }
+
+/// Records the size of every batch it is given; order-independent.
+struct ChunkSpy {
+    seen: Arc<Mutex<Vec<usize>>>,
+    independent: bool,
+}
+
+#[async_trait]
+impl Filter for ChunkSpy {
+    async fn filter(
+        &self,
+        batch: &mut Batch,
+        _rejects: &mut Vec<Rejected>,
+    ) -> Result<(), PluginError> {
+        self.seen.lock().unwrap().push(batch.len());
+        for e in &mut batch.events {
+            let n = e.record.get("n").cloned().unwrap_or_default();
+            e.record.insert("seen", n);
+        }
+        Ok(())
+    }
+
+    fn order_independent(&self) -> bool {
+        self.independent
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_through_order_independent_filters_are_split_and_keep_their_order() {
+    let mut h = harness();
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let s = seen.clone();
+    h.registry.add_filter(
+        PluginSpec::new(PluginKind::Filter, "spy", "test"),
+        move |_, _| {
+            Ok(Arc::new(ChunkSpy {
+                seen: s.clone(),
+                independent: true,
+            }))
+        },
+    );
+    let spec = PipelineSpec {
+        inputs: vec![burst(&["big"], 4000)],
+        root: FlowSpec {
+            filters: vec![FilterSpec {
+                patterns: vec!["**".into()],
+                node: NodeSpec::new("spy"),
+            }],
+            matches: vec![m(&["**"], vec![capture("out")])],
+        },
+        labels: vec![],
+    };
+    let report = run(&h, spec).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = seen.lock().unwrap().clone();
+    assert_eq!(chunks.iter().sum::<usize>(), 4000);
+    assert_eq!(
+        chunks.len(),
+        cores.min(4000 / 256),
+        "one chunk per core: {chunks:?}"
+    );
+    let order: Vec<i64> = h
+        .sink
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, r)| r.clone().get("seen").and_then(|v| v.as_i64()).unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        (0..4000).collect::<Vec<i64>>(),
+        "events keep their order"
+    );
+    assert_eq!(report.metrics.node("spy#1").unwrap().events_in, 4000);
+    assert_eq!(report.metrics.node("spy#1").unwrap().events_out, 4000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_filters_see_whole_batches_in_order() {
+    let mut h = harness();
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let s = seen.clone();
+    h.registry.add_filter(
+        PluginSpec::new(PluginKind::Filter, "stateful", "test"),
+        move |_, _| {
+            Ok(Arc::new(ChunkSpy {
+                seen: s.clone(),
+                independent: false,
+            }))
+        },
+    );
+    let spec = PipelineSpec {
+        inputs: vec![burst(&["big"], 3000)],
+        root: FlowSpec {
+            filters: vec![FilterSpec {
+                patterns: vec!["**".into()],
+                node: NodeSpec::new("stateful"),
+            }],
+            matches: vec![m(&["**"], vec![capture("out")])],
+        },
+        labels: vec![],
+    };
+    run(&h, spec).await;
+    assert_eq!(*seen.lock().unwrap(), vec![3000], "never split");
+    assert_eq!(h.sink.lock().unwrap().len(), 3000);
+}

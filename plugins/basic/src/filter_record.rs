@@ -340,6 +340,12 @@ impl RecordFilter {
 
 #[async_trait]
 impl Filter for RecordFilter {
+    /// Each event is parsed on its own, so large batches may be split across
+    /// cores.
+    fn order_independent(&self) -> bool {
+        true
+    }
+
     async fn filter(
         &self,
         batch: &mut Batch,

@@ -235,6 +235,12 @@ fn type_name(v: &Value) -> &'static str {
 
 #[async_trait]
 impl Filter for ParseFilter {
+    /// Each event is parsed on its own, so large batches may be split across
+    /// cores.
+    fn order_independent(&self) -> bool {
+        true
+    }
+
     async fn filter(
         &self,
         batch: &mut Batch,
