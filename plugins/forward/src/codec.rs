@@ -417,6 +417,13 @@ pub fn push_grouped(groups: &mut Vec<(Tag, Vec<Event>)>, tag: Tag, mut events: V
     if events.is_empty() {
         return;
     }
+    // Consecutive frames usually share their tag.
+    if let Some((last, existing)) = groups.last_mut() {
+        if *last == tag {
+            existing.append(&mut events);
+            return;
+        }
+    }
     match groups.iter_mut().find(|(t, _)| *t == tag) {
         Some((_, existing)) => existing.append(&mut events),
         None => groups.push((tag, events)),

@@ -218,7 +218,9 @@ fn build_go_client(dir: &std::path::Path) -> std::path::PathBuf {
         .env("GOPATH", "/usr/share/gocode")
         .env("GO111MODULE", "off")
         .output()
-        .unwrap_or_else(|e| panic!("running `go` failed ({e}): the Go toolchain must be on PATH"));
+        .unwrap_or_else(|e| {
+            panic!("running `go` failed ({e}): the Go toolchain must be on PATH (Debian package golang-go)")
+        });
     assert!(
         out.status.success(),
         "go build failed: {}",
