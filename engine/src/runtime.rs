@@ -360,8 +360,17 @@ async fn filter_in_parallel(
     // tails[0] is the first chunk; run all but the first on other workers.
     let mut chunks = tails.into_iter();
     let first = chunks.next().expect("at least one chunk");
+    // On the blocking pool, not `tokio::spawn`: a task spawned from a worker
+    // lands in that worker's non-stealable next-task slot and would only run
+    // after this one, on the same core.
+    let runtime = tokio::runtime::Handle::current();
     let handles: Vec<_> = chunks
-        .map(|chunk| tokio::spawn(run_filters(shared.clone(), flow, filters.clone(), chunk)))
+        .map(|chunk| {
+            let (runtime, shared, filters) = (runtime.clone(), shared.clone(), filters.clone());
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(run_filters(shared, flow, filters, chunk))
+            })
+        })
         .collect();
     let (b, r) = run_filters(shared.clone(), flow, filters.clone(), first).await;
     rejects.extend(r);
