@@ -503,10 +503,7 @@ impl<'a> Reader<'a> {
                 Item::Str(s) | Item::Bin(s) => text(s),
                 other => {
                     let v = self.json_from(other, depth + 1)?;
-                    match v {
-                        Value::String(s) => s,
-                        v => v.to_string(),
-                    }
+                    key_text(&v)
                 }
             };
             let first = self.item()?;
@@ -593,7 +590,7 @@ impl Reader<'_> {
                 other => {
                     // A non-string key becomes its JSON text, as a string,
                     // exactly as `map_entries` makes it (rare: no fast path).
-                    let key = self.json_from(other, depth + 1)?.to_string();
+                    let key = key_text(&self.json_from(other, depth + 1)?);
                     write_json_str(out, key.as_bytes());
                 }
             }
@@ -625,6 +622,26 @@ fn write_json_str(out: &mut Vec<u8>, bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     // Serialising a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &*text);
+}
+
+/// Longest text made from a non-string map key.
+pub const MAX_KEY_TEXT: usize = 256;
+
+/// The text of a non-string map key: its compact JSON, cut to
+/// [`MAX_KEY_TEXT`] bytes. The cut matters: a key that is a map whose key is
+/// a map ... gets its quotes escaped once more at every level, so uncut text
+/// would double in size per level (a 100-byte frame could ask for 2^100
+/// bytes).
+fn key_text(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > MAX_KEY_TEXT {
+        let mut end = MAX_KEY_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Bytes as text, replacing invalid UTF-8.
@@ -764,6 +781,31 @@ mod tests {
         assert_eq!(
             String::from_utf8(text).unwrap(),
             serde_json::to_string(&value).unwrap()
+        );
+    }
+
+    #[test]
+    fn nested_non_string_keys_stay_small() {
+        // {{{...{"k": 1}: 1}...: 1}: 1}, 120 levels of maps used as keys.
+        let mut v = rmpv::Value::Map(vec![(rmpv::Value::from("k\"\\"), rmpv::Value::from(1))]);
+        for _ in 0..120 {
+            v = rmpv::Value::Map(vec![(v, rmpv::Value::from(1))]);
+        }
+        let bytes = encode(&v);
+        let map = match Reader::new(&bytes).json().unwrap() {
+            Value::Object(m) => m,
+            other => panic!("{other}"),
+        };
+        let key = map.keys().next().unwrap();
+        assert!(key.len() <= MAX_KEY_TEXT, "{}", key.len());
+        let mut text = Vec::new();
+        let mut r = Reader::new(&bytes);
+        let first = r.item().unwrap();
+        r.json_text_from(first, 0, &mut text).unwrap();
+        assert!(text.len() < 2 * MAX_KEY_TEXT, "{}", text.len());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&text).unwrap(),
+            Value::Object(map)
         );
     }
 
