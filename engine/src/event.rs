@@ -65,7 +65,9 @@ impl EventTime {
 
     /// Seconds as a float, the form fluentd's JSON outputs use.
     pub fn as_secs_f64(self) -> f64 {
-        self.0 as f64 / 1e9
+        // Whole seconds and the fraction apart: dividing the i64 of
+        // nanoseconds loses the last digits (…0.25 became …0.2499998).
+        self.secs() as f64 + f64::from(self.subsec_nanos()) / 1e9
     }
 }
 
@@ -321,6 +323,12 @@ mod tests {
         let neg = EventTime::from_unix_nanos(-1);
         assert_eq!(neg.secs(), -1);
         assert_eq!(neg.subsec_nanos(), 999_999_999);
+    }
+
+    #[test]
+    fn float_seconds_keep_their_fraction() {
+        let t = EventTime::from_secs_nanos(1_700_000_000, 250_000_000);
+        assert_eq!(t.as_secs_f64(), 1_700_000_000.25);
     }
 
     #[test]
