@@ -43,12 +43,12 @@ pub fn spec() -> PluginSpec {
     ))
     .param(ParamSpec::with_default(
         "on_error",
-        ParamKind::OneOf(&["log", "keep", "errors"]),
-        "log",
+        ParamKind::OneOf(&["errors", "keep", "log"]),
+        "errors",
         "What happens to a line the format cannot parse (always counted, the first 10 logged \
-         with line number and reason): `log` drops it; `keep` emits it as \
-         {<message_key>: <line>}; `errors` sends that record to the `errors` label with the \
-         parser's reason in `_error`.",
+         with line number and reason): `errors` sends {<message_key>: <line>} to the `errors` \
+         label with the parser's reason in `_error`; `keep` emits that record as an ordinary \
+         event; `log` drops it.",
     ))
     .param(ParamSpec::with_default(
         "max_line_size",
