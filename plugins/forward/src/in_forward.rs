@@ -314,10 +314,10 @@ impl Input for ForwardInput {
         let id = ctx.id.clone();
         let tls = match &config.tls {
             Some((cert, key)) => {
-                let sc = crate::tls::server_config(cert, key).map_err(|e| {
+                let sc = ulog_tls::server_config(cert, key).map_err(|e| {
                     PluginError::with_source("loading the TLS certificate and key", e)
                 })?;
-                Some(TlsAcceptor::from(Arc::new(sc)))
+                Some(TlsAcceptor::from(sc))
             }
             None => None,
         };

@@ -5,7 +5,6 @@
 //! - [`codec`]: frames ↔ events (all four carrier modes, EventTime, acks),
 //!   incremental and size-limited; public for benchmarks, fuzzing and tools.
 //! - [`handshake`]: the shared-key / user authentication handshake.
-//! - [`tls`]: rustls setup for both sides.
 //! - `in_forward` / `out_forward`: the plugins, registered by [`register`].
 #![deny(missing_docs)]
 
@@ -17,7 +16,6 @@ pub mod handshake;
 mod in_forward;
 pub mod msgpack;
 mod out_forward;
-pub mod tls;
 mod transcode;
 
 pub use codec::{decode_frames, DecodeError, Encoder, Frame, FrameDecoder, Limits};

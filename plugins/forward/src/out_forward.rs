@@ -10,8 +10,7 @@
 //! once the server acknowledged its chunk id; a timed-out frame is sent again
 //! (possibly duplicated, as with fluentd).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,14 +23,18 @@ use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Delivery, ItemFailure, Output, ParamKind,
     ParamSpec, Params, PluginError, PluginKind, PluginSpec, Value,
 };
+use ulog_tls::Verify;
 
 use crate::codec::{decode_ack, Compression, EncodeMode, Encoder, DEFAULT_PORT};
 use crate::handshake::{self, ClientAuth, HandshakeError};
-use crate::tls::Verify;
 use crate::{system_hostname, Stream};
 
 /// fluentd's default server weight.
 const DEFAULT_WEIGHT: i64 = 60;
+/// The CA bundle trusted when `tls_ca_path` is unset (Debian, Ubuntu, Alpine,
+/// Arch); this output documents this one path as its default rather than
+/// searching [`ulog_tls::SYSTEM_CA_BUNDLES`].
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Largest ack message read.
 const MAX_ACK: usize = 64 * 1024;
 
@@ -313,7 +316,7 @@ fn config(params: &Params, ctx: &BuildContext) -> Result<Config, BuildError> {
         ));
     }
     if let Some(name) = &server_name {
-        crate::tls::server_name(name).map_err(|e| BuildError::param("tls_server_name", e))?;
+        ulog_tls::server_name(name).map_err(|e| BuildError::param("tls_server_name", e))?;
     }
     let username = params.str("username")?.to_string();
     let password = params.str("password")?.to_string();
@@ -447,9 +450,16 @@ impl SendError {
 impl ForwardOutput {
     fn ensure_ready(&mut self) -> Result<(), String> {
         if let (Some(tls), None) = (&self.config.tls, &self.connector) {
-            let cfg = crate::tls::client_config(tls.ca_path.as_deref(), tls.verify.clone())
-                .map_err(|e| format!("TLS setup: {e}"))?;
-            self.connector = Some(TlsConnector::from(Arc::new(cfg)));
+            let cfg = ulog_tls::client_config(
+                Some(
+                    tls.ca_path
+                        .as_deref()
+                        .unwrap_or(Path::new(SYSTEM_CA_BUNDLE)),
+                ),
+                tls.verify,
+            )
+            .map_err(|e| format!("TLS setup: {e}"))?;
+            self.connector = Some(TlsConnector::from(cfg));
         }
         if let (Some(a), None) = (&self.config.auth, &self.auth) {
             self.auth = Some(ClientAuth {
@@ -636,7 +646,7 @@ impl ForwardOutput {
             let mut stream: Box<dyn Stream> = match (&self.connector, &self.config.tls) {
                 (Some(connector), Some(tls)) => {
                     let name = tls.server_name.as_deref().unwrap_or(&server.host);
-                    let name = crate::tls::server_name(name).map_err(SendError::Connect)?;
+                    let name = ulog_tls::server_name(name).map_err(SendError::Connect)?;
                     let s = connector
                         .connect(name, tcp)
                         .await

@@ -123,7 +123,7 @@ pub(crate) fn acceptor(
     match paths {
         None => Ok(None),
         Some((cert, key)) => {
-            let config = crate::tls::server_config(cert, key)
+            let config = ulog_tls::server_config(cert, key)
                 .map_err(|e| PluginError::with_source("loading the TLS certificate", e))?;
             Ok(Some(TlsAcceptor::from(config)))
         }

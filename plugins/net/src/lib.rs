@@ -35,7 +35,6 @@ mod listener;
 mod msgpack_stream;
 pub mod out_tcp;
 mod syslog;
-pub mod tls;
 
 /// Registers `input tcp`, `input udp`, `input syslog` and `output tcp`.
 ///

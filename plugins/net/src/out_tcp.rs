@@ -243,8 +243,8 @@ impl TcpOutput {
         };
         let tls = if params.bool("tls")? {
             let name = params.opt_str("tls_server_name")?.unwrap_or(&host);
-            let server_name = crate::tls::server_name(name)
-                .map_err(|e| BuildError::param("tls_server_name", e))?;
+            let server_name =
+                ulog_tls::server_name(name).map_err(|e| BuildError::param("tls_server_name", e))?;
             Some(TlsSettings {
                 ca_path: params.opt_str("tls_ca_path")?.map(|p| ctx.resolve(p)),
                 verify: params.bool("tls_verify")?,
@@ -375,8 +375,15 @@ impl TcpOutput {
         let connector = match &tls.connector {
             Some(c) => c.clone(),
             None => {
-                let config = crate::tls::client_config(tls.ca_path.as_deref(), tls.verify)
-                    .map_err(|e| PluginError::with_source("setting up TLS", e))?;
+                let config = ulog_tls::client_config(
+                    tls.ca_path.as_deref(),
+                    if tls.verify {
+                        ulog_tls::Verify::Full
+                    } else {
+                        ulog_tls::Verify::Insecure
+                    },
+                )
+                .map_err(|e| PluginError::with_source("setting up TLS", e))?;
                 if !tls.verify {
                     warn!(output = %self.id, "tls_verify = false: the server certificate is not checked");
                 }

@@ -289,7 +289,7 @@ pub fn test_certs() -> TestCerts {
 
 /// A rustls client connector trusting `ca`.
 pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
-    let config = ulog_plugins_net::tls::client_config(Some(ca), true).unwrap();
+    let config = ulog_tls::client_config(Some(ca), ulog_tls::Verify::Full).unwrap();
     tokio_rustls::TlsConnector::from(config)
 }
 
