@@ -114,7 +114,10 @@ impl Record {
         if let Record::Raw(bytes) = self {
             // Raw records were validated on the way in, so this parse cannot
             // fail; an empty map is the safe answer if it ever did.
-            let map = serde_json::from_slice::<Map<String, Value>>(bytes).unwrap_or_default();
+            let map = serde_json::from_slice::<Map<String, Value>>(bytes).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a validated record failed to parse; its fields are lost (please report this)");
+                Map::new()
+            });
             *self = Record::Map(map);
         }
         match self {
