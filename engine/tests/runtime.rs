@@ -836,8 +836,12 @@ impl Filter for ChunkSpy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_batches_through_order_independent_filters_are_split_and_keep_their_order() {
+/// Runs `count` events of one tag through a `ChunkSpy` (registered as
+/// `spy`); returns the harness, the batch sizes the filter saw, and the report.
+async fn through_spy(
+    independent: bool,
+    count: i64,
+) -> (Harness, Vec<usize>, ulog_engine::RunReport) {
     let mut h = harness();
     let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
     let s = seen.clone();
@@ -846,12 +850,12 @@ async fn large_batches_through_order_independent_filters_are_split_and_keep_thei
         move |_, _| {
             Ok(Arc::new(ChunkSpy {
                 seen: s.clone(),
-                independent: true,
+                independent,
             }))
         },
     );
     let spec = PipelineSpec {
-        inputs: vec![burst(&["big"], 4000)],
+        inputs: vec![burst(&["big"], count)],
         root: FlowSpec {
             filters: vec![FilterSpec {
                 patterns: vec!["**".into()],
@@ -862,8 +866,14 @@ async fn large_batches_through_order_independent_filters_are_split_and_keep_thei
         labels: vec![],
     };
     let report = run(&h, spec).await;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunks = seen.lock().unwrap().clone();
+    (h, chunks, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_through_order_independent_filters_are_split_and_keep_their_order() {
+    let (h, chunks, report) = through_spy(true, 4000).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(chunks.iter().sum::<usize>(), 4000);
     assert_eq!(
         chunks.len(),
@@ -888,30 +898,7 @@ async fn large_batches_through_order_independent_filters_are_split_and_keep_thei
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateful_filters_see_whole_batches_in_order() {
-    let mut h = harness();
-    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
-    let s = seen.clone();
-    h.registry.add_filter(
-        PluginSpec::new(PluginKind::Filter, "stateful", "test"),
-        move |_, _| {
-            Ok(Arc::new(ChunkSpy {
-                seen: s.clone(),
-                independent: false,
-            }))
-        },
-    );
-    let spec = PipelineSpec {
-        inputs: vec![burst(&["big"], 3000)],
-        root: FlowSpec {
-            filters: vec![FilterSpec {
-                patterns: vec!["**".into()],
-                node: NodeSpec::new("stateful"),
-            }],
-            matches: vec![m(&["**"], vec![capture("out")])],
-        },
-        labels: vec![],
-    };
-    run(&h, spec).await;
-    assert_eq!(*seen.lock().unwrap(), vec![3000], "never split");
+    let (h, chunks, _) = through_spy(false, 3000).await;
+    assert_eq!(chunks, vec![3000], "never split");
     assert_eq!(h.sink.lock().unwrap().len(), 3000);
 }
