@@ -7,10 +7,13 @@
 //! label with the parser's reason (the default), kept, or dropped with a
 //! counted warning.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::warn;
 use ulog_engine::{
@@ -150,6 +153,125 @@ impl ParseFilter {
     /// Parses the field of one event in place. On error the event is left
     /// as it was and the reason returned.
     fn apply(&self, event: &mut Event) -> Result<(), String> {
+        if self.reserve_data && !self.remove_key && self.hash_value_field.is_none() {
+            if let Record::Raw(bytes) = &event.record {
+                let bytes = bytes.clone();
+                match self.apply_raw(&bytes, event)? {
+                    RawOutcome::Done => return Ok(()),
+                    RawOutcome::NotRaw => {}
+                    RawOutcome::Clash(fields) => {
+                        // The key field still holds its text, so adding the
+                        // parsed fields to the map is what the map path does.
+                        event.record.map_mut().extend(fields);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.apply_map(event)
+    }
+
+    /// The fast path for a raw JSON record with `reserve_data` (and neither
+    /// `remove_key_name_field` nor `hash_value_field`): finds the key field
+    /// without building a map and appends the parsed fields to the text.
+    ///
+    /// Returns [`RawOutcome::NotRaw`] before parsing anything when the
+    /// record repeats a key, [`RawOutcome::Clash`] (time already applied)
+    /// when a parsed field name is already in the record.
+    fn apply_raw(&self, bytes: &Bytes, event: &mut Event) -> Result<RawOutcome, String> {
+        let Ok(TopLevel(entries)) = serde_json::from_slice::<TopLevel<'_>>(bytes) else {
+            // Cannot happen for validated records; the map path decides.
+            return Ok(RawOutcome::NotRaw);
+        };
+        let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            // The map keeps the last of repeated keys; let it decide.
+            return Ok(RawOutcome::NotRaw);
+        }
+        let value = match entries.iter().find(|(k, _)| k == self.key.as_str()) {
+            None => return Err(format!("field `{}` is missing", self.key)),
+            Some((_, v)) => v.get().trim_matches(|c: char| c.is_ascii_whitespace()),
+        };
+        let input = if value.starts_with('"') {
+            if value.contains('\\') {
+                match serde_json::from_str::<String>(value) {
+                    Ok(s) => Bytes::from(s),
+                    Err(_) => return Ok(RawOutcome::NotRaw),
+                }
+            } else {
+                // No escapes: the text between the quotes, without a copy.
+                bytes.slice_ref(&value.as_bytes()[1..value.len() - 1])
+            }
+        } else {
+            return Err(format!(
+                "field `{}` is {}, not a string",
+                self.key,
+                raw_type_name(value)
+            ));
+        };
+        let parsed = self
+            .parser
+            .parse(input)
+            .map_err(|e| format!("field `{}`: {e}", self.key))?;
+        if let Some(t) = parsed.time {
+            if !self.reserve_time {
+                event.time = t;
+            }
+        }
+        let fields = match parsed.record {
+            Record::Map(m) => m,
+            raw @ Record::Raw(_) => raw.to_map().into_owned(),
+        };
+        let name = |k: &str| -> String {
+            match &self.prefix {
+                None => k.to_string(),
+                Some(p) => format!("{p}{k}"),
+            }
+        };
+        let clash = fields.keys().any(|k| match &self.prefix {
+            None => keys.binary_search(&k.as_str()).is_ok(),
+            Some(p) => keys
+                .binary_search_by(|probe| {
+                    let probe = probe.as_bytes();
+                    let (head, tail) = probe.split_at(probe.len().min(p.len()));
+                    head.cmp(p.as_bytes()).then_with(|| tail.cmp(k.as_bytes()))
+                })
+                .is_ok(),
+        });
+        if clash {
+            let fields = fields.into_iter().map(|(k, v)| (name(&k), v)).collect();
+            return Ok(RawOutcome::Clash(fields));
+        }
+        let body = trim_ascii_end(bytes);
+        let mut out = Vec::with_capacity(bytes.len() + 32 * fields.len() + 16);
+        // A validated object ends in '}' once trailing whitespace is gone.
+        out.extend_from_slice(&body[..body.len() - 1]);
+        let mut first = entries.is_empty();
+        for (k, v) in &fields {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Writing strings and JSON values into a Vec cannot fail.
+            match &self.prefix {
+                None => {
+                    let _ = serde_json::to_writer(&mut out, k);
+                }
+                Some(p) => {
+                    let _ = serde_json::to_writer(&mut out, &format!("{p}{k}"));
+                }
+            }
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, v);
+        }
+        out.push(b'}');
+        event.record = Record::Raw(Bytes::from(out));
+        Ok(RawOutcome::Done)
+    }
+
+    /// The general path: parses the record into a map.
+    fn apply_map(&self, event: &mut Event) -> Result<(), String> {
         let map = event.record.map_mut();
         let text = match map.get_mut(self.key.as_str()) {
             None => return Err(format!("field `{}` is missing", self.key)),
@@ -211,6 +333,86 @@ impl ParseFilter {
         }
         Ok(())
     }
+}
+
+/// What the raw fast path did.
+enum RawOutcome {
+    /// The record was rewritten.
+    Done,
+    /// Nothing done: the map path should handle the event.
+    NotRaw,
+    /// The parsed fields (prefixed) clash with record fields: merge them
+    /// into the map. The event time is already set.
+    Clash(Map<String, Value>),
+}
+
+/// A JSON object's top-level entries, borrowed from its text: names
+/// unescaped (borrowed when they hold no escape), values as raw JSON.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Name(k), v)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
+                    entries.push((k, v));
+                }
+                Ok(TopLevel(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// A field name, borrowed from the text when it needs no unescaping.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
+
+/// What kind of JSON value raw (non-string) text holds, for error messages.
+fn raw_type_name(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        Some(b'"') => "a string",
+        _ => "a number",
+    }
+}
+
+fn trim_ascii_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
 }
 
 fn bytes_to_string(b: Bytes) -> String {
@@ -346,6 +548,263 @@ mod tests {
             rejects[0].reason.starts_with("field `message`: ltsv:"),
             "{}",
             rejects[0].reason
+        );
+    }
+
+    /// Runs `f` on one event holding `record` as raw text and as a map;
+    /// returns both outcomes: (record as a value, time, kept/rejected).
+    fn both(f: &ParseFilter, record: &str) -> [(Option<serde_json::Value>, i64, u32, bool); 2] {
+        ulog_engine::event::validate_json_object(record.as_bytes()).unwrap();
+        let map: Map<String, Value> = serde_json::from_str(record).unwrap();
+        let records = [
+            Record::Raw(Bytes::copy_from_slice(record.as_bytes())),
+            Record::Map(map),
+        ];
+        records.map(|r| {
+            let mut b = Batch::new(
+                Tag::parse("t").unwrap(),
+                vec![Event::new(EventTime::from_secs_nanos(1, 0), r)],
+            );
+            let mut rejects = Vec::new();
+            block_on(f.filter(&mut b, &mut rejects)).unwrap();
+            let (ev, rejected) = match (b.events.pop(), rejects.pop()) {
+                (Some(e), None) => (Some(e), false),
+                (None, Some(r)) => (Some(r.event), true),
+                (None, None) => (None, false),
+                other => panic!("both kept and rejected: {other:?}"),
+            };
+            match ev {
+                None => (None, 0, 0, false),
+                Some(ev) => {
+                    if let Record::Raw(bytes) = &ev.record {
+                        ulog_engine::event::validate_json_object(bytes).unwrap();
+                    }
+                    (
+                        Some(serde_json::Value::Object(ev.record.to_map().into_owned())),
+                        ev.time.secs(),
+                        ev.time.subsec_nanos(),
+                        rejected,
+                    )
+                }
+            }
+        })
+    }
+
+    /// Polls a future that never waits (the filter does not).
+    fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(fut)
+    }
+
+    /// The result of the raw path for `record`, checked equal to the map path.
+    fn same(f: &ParseFilter, record: &str) -> Option<serde_json::Value> {
+        let [raw, map] = both(f, record);
+        assert_eq!(raw, map, "raw and map paths differ for {record}");
+        raw.0
+    }
+
+    /// Whether the raw fast path keeps the record raw.
+    fn stays_raw(f: &ParseFilter, record: &str) -> bool {
+        let mut ev = Event::new(
+            EventTime::from_secs_nanos(1, 0),
+            Record::Raw(Bytes::copy_from_slice(record.as_bytes())),
+        );
+        f.apply(&mut ev).unwrap();
+        matches!(ev.record, Record::Raw(_))
+    }
+
+    fn reserve(extra: &[(&str, P)]) -> ParseFilter {
+        let mut given = vec![
+            ("format", P::from("ltsv")),
+            ("key_name", "msg".into()),
+            ("reserve_data", true.into()),
+        ];
+        given.extend(extra.iter().cloned());
+        filter(&given)
+    }
+
+    #[test]
+    fn raw_records_get_the_parsed_fields_appended() {
+        let f = reserve(&[]);
+        let cases = [
+            (
+                r#"{"msg":"a:1\tb:2","x":1}"#,
+                json!({"msg":"a:1\tb:2","x":1,"a":"1","b":"2"}),
+            ),
+            (r#"{"msg":"a:1"}"#, json!({"msg":"a:1","a":"1"})),
+            (
+                " { \"msg\" : \"a:1\" , \"n\" : [1, {\"z\": null}] } \r\n",
+                json!({"msg":"a:1","n":[1,{"z":null}],"a":"1"}),
+            ),
+            (
+                r#"{"x":"ü","msg":"a:caf\u00e9 \"q\"\\\tb:日本\n","y":1.5e3}"#,
+                json!({"x":"ü","msg":"a:café \"q\"\\\tb:日本\n","y":1500.0,"a":"café \"q\"\\","b":"日本\n"}),
+            ),
+            (
+                r#"{"m\u0073g":"a:1","\u00e9":2}"#,
+                json!({"msg":"a:1","é":2,"a":"1"}),
+            ),
+        ];
+        for (record, want) in cases {
+            assert!(stays_raw(&f, record), "{record}");
+            assert_eq!(same(&f, record), Some(want), "{record}");
+        }
+    }
+
+    #[test]
+    fn raw_record_order_is_the_map_order() {
+        let f = reserve(&[]);
+        let mut ev = Event::new(
+            EventTime::from_secs_nanos(1, 0),
+            Record::Raw(Bytes::from_static(br#"{"z":0,"msg":"b:1\ta:2","c":3}"#)),
+        );
+        f.apply(&mut ev).unwrap();
+        assert_eq!(
+            ev.record.to_json_string(),
+            r#"{"z":0,"msg":"b:1\ta:2","c":3,"b":"1","a":"2"}"#
+        );
+    }
+
+    #[test]
+    fn clashes_and_repeated_keys_take_the_map_path() {
+        let f = reserve(&[]);
+        for (record, want) in [
+            (
+                r#"{"a":"old","msg":"a:1\tb:2"}"#,
+                json!({"a":"1","msg":"a:1\tb:2","b":"2"}),
+            ),
+            (r#"{"msg":"msg:1"}"#, json!({"msg":"1"})),
+            (
+                r#"{"\u0061":"old","msg":"a:1"}"#,
+                json!({"a":"1","msg":"a:1"}),
+            ),
+            (r#"{"msg":"x:1","msg":"a:2"}"#, json!({"msg":"a:2","a":"2"})),
+        ] {
+            assert!(!stays_raw(&f, record), "{record}");
+            assert_eq!(same(&f, record), Some(want), "{record}");
+        }
+    }
+
+    #[test]
+    fn prefixes_remove_key_and_hash_field_match_the_map_path() {
+        let p = reserve(&[("inject_key_prefix", "p_".into())]);
+        assert!(stays_raw(
+            &p,
+            r#"{"msg":"a:1","p":0,"p_":0,"p_aa":0,"a":0}"#
+        ));
+        assert_eq!(
+            same(&p, r#"{"msg":"a:1","p":0,"p_":0,"p_aa":0,"a":0}"#),
+            Some(json!({"msg":"a:1","p":0,"p_":0,"p_aa":0,"a":0,"p_a":"1"}))
+        );
+        assert!(!stays_raw(&p, r#"{"p_a":0,"msg":"a:1\tb:2"}"#));
+        assert_eq!(
+            same(&p, r#"{"p_a":0,"msg":"a:1\tb:2"}"#),
+            Some(json!({"p_a":"1","msg":"a:1\tb:2","p_b":"2"}))
+        );
+        let r = reserve(&[("remove_key_name_field", true.into())]);
+        assert_eq!(
+            same(&r, r#"{"x":1,"msg":"a:1"}"#),
+            Some(json!({"x":1,"a":"1"}))
+        );
+        let h = reserve(&[("hash_value_field", "h".into())]);
+        assert_eq!(
+            same(&h, r#"{"x":1,"msg":"a:1"}"#),
+            Some(json!({"x":1,"msg":"a:1","h":{"a":"1"}}))
+        );
+    }
+
+    #[test]
+    fn raw_json_fields_and_time_match_the_map_path() {
+        let f = filter(&[
+            ("format", "json".into()),
+            ("key_name", "msg".into()),
+            ("reserve_data", true.into()),
+            ("time_key", "ts".into()),
+            ("time_format", "unix_ms".into()),
+        ]);
+        let record = r#"{"msg":"{\"ts\":1700000000500,\"u\":{\"n\":[1,\"é\"]},\"v\":null}"}"#;
+        assert!(stays_raw(&f, record));
+        let [raw, map] = both(&f, record);
+        assert_eq!(raw, map);
+        assert_eq!((raw.1, raw.2), (1_700_000_000, 500_000_000));
+        let kept = filter(&[
+            ("format", "json".into()),
+            ("key_name", "msg".into()),
+            ("reserve_data", true.into()),
+            ("time_key", "ts".into()),
+            ("time_format", "unix_ms".into()),
+            ("reserve_time", true.into()),
+        ]);
+        let [raw, map] = both(&kept, record);
+        assert_eq!(raw, map);
+        assert_eq!((raw.1, raw.2), (1, 0));
+        // A clash after the time was applied: the time is applied once.
+        let clash = r#"{"u":0,"msg":"{\"ts\":1700000000500,\"u\":1}"}"#;
+        let [raw, map] = both(&f, clash);
+        assert_eq!(raw, map);
+        assert_eq!(
+            raw.0,
+            Some(json!({"u":1,"msg":"{\"ts\":1700000000500,\"u\":1}"}))
+        );
+        assert_eq!((raw.1, raw.2), (1_700_000_000, 500_000_000));
+    }
+
+    #[test]
+    fn raw_errors_match_the_map_path() {
+        let records = [
+            r#"{"x":1}"#,
+            r#"{}"#,
+            r#"{"msg":5}"#,
+            r#"{"msg":null,"x":[]}"#,
+            r#"{"msg":{"a":1}}"#,
+            r#"{"msg":"junk","x":"é"}"#,
+        ];
+        for on_error in ["errors", "keep", "drop"] {
+            let f = reserve(&[("on_error", on_error.into())]);
+            for record in records {
+                let [raw, map] = both(&f, record);
+                assert_eq!(raw, map, "{on_error} {record}");
+                match on_error {
+                    "drop" => assert_eq!(raw.0, None),
+                    _ => {
+                        let want: serde_json::Value = serde_json::from_str(record).unwrap();
+                        assert_eq!(raw.0, Some(want));
+                        assert_eq!(raw.3, on_error == "errors");
+                    }
+                }
+            }
+        }
+        // The reasons are the map path's.
+        let f = reserve(&[]);
+        for (record, reason) in [
+            (r#"{"x":1}"#, "field `msg` is missing"),
+            (r#"{"msg":5}"#, "field `msg` is a number, not a string"),
+            (r#"{"msg":true}"#, "field `msg` is a boolean, not a string"),
+            (r#"{"msg":null}"#, "field `msg` is null, not a string"),
+            (r#"{"msg":[1]}"#, "field `msg` is an array, not a string"),
+            (r#"{"msg":{}}"#, "field `msg` is an object, not a string"),
+        ] {
+            for r in [
+                Record::Raw(Bytes::copy_from_slice(record.as_bytes())),
+                Record::Map(serde_json::from_str(record).unwrap()),
+            ] {
+                let mut ev = Event::new(EventTime::from_secs_nanos(1, 0), r);
+                assert_eq!(f.apply(&mut ev).unwrap_err(), reason);
+            }
+        }
+        let mut raw = Event::new(
+            EventTime::from_secs_nanos(1, 0),
+            Record::Raw(Bytes::from_static(br#"{"msg":"junk"}"#)),
+        );
+        let mut map = Event::new(
+            EventTime::from_secs_nanos(1, 0),
+            Record::Map(serde_json::from_str(r#"{"msg":"junk"}"#).unwrap()),
+        );
+        assert_eq!(
+            f.apply(&mut raw).unwrap_err(),
+            f.apply(&mut map).unwrap_err()
         );
     }
 }
