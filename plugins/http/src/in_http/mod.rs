@@ -186,8 +186,10 @@ impl Input for HttpInput {
         let listener = TcpListener::bind(&self.listen)
             .await
             .map_err(|e| PluginError::with_source(format!("listening on {}", self.listen), e))?;
-        let local = listener.local_addr().ok();
-        info!(input = %ctx.id, listen = ?local, "http input listening");
+        let local = listener
+            .local_addr()
+            .map_or_else(|_| self.listen.to_string(), |a| a.to_string());
+        info!(input = %ctx.id, listen = %local, "http input listening");
         let connections = TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
