@@ -14,7 +14,9 @@ use ulog_engine::Registry;
 pub mod codec;
 pub mod handshake;
 mod in_forward;
-pub mod msgpack;
+/// The msgpack scanner and reader the codec is built on (shared with the
+/// tcp input, so they live in `ulog-parsers`).
+pub use ulog_parsers::msgpack_stream as msgpack;
 mod out_forward;
 mod transcode;
 

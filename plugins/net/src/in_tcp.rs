@@ -27,7 +27,7 @@ use crate::counters::{preview, ConnCounts, Problem};
 use crate::decode::{add_source, with_format_params, LineDecoder, ReadOut};
 use crate::framing::{fill, LineBuffer};
 use crate::listener::{self, Conn};
-use crate::msgpack_stream::{scan, Scan};
+use ulog_parsers::msgpack_stream::{Scan, Scanned};
 
 /// The default `listen` address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5170";
@@ -307,6 +307,8 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
     let id = &c.decoder.id;
     let mut buf = BytesMut::new();
     let mut need = 1usize;
+    // Resumable: a value split over many reads is walked once, not per read.
+    let mut scan = Scan::new();
     let mut counts = ConnCounts::default();
     let end = loop {
         let read = tokio::select! {
@@ -324,18 +326,18 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
         let mut out = ReadOut::default();
         let mut broken = None;
         while !buf.is_empty() {
-            match scan(&buf, c.max_line) {
-                Scan::Complete(len) => {
+            match scan.scan(&buf, c.max_line) {
+                Ok(Scanned::Complete(len)) => {
                     let value = buf.split_to(len);
                     push_msgpack(&c, &value, now, &peer, &mut out, &mut counts);
                     need = 1;
                 }
-                Scan::Incomplete(n) => {
+                Ok(Scanned::Incomplete { need: n }) => {
                     need = n;
                     break;
                 }
-                Scan::Invalid(why) => {
-                    broken = Some(why);
+                Err(e) => {
+                    broken = Some(e.to_string());
                     break;
                 }
             }
@@ -348,7 +350,7 @@ async fn msgpack_conn(c: Arc<Config>, conn: Conn) {
         }
         if let Some(why) = broken {
             c.decoder.counters.note(id, Problem::BadFrame);
-            warn!(input = %id, %peer, reason = why, bytes = buf.len(), next = %hex_preview(&buf), "not a msgpack stream; closing this connection (what came before was emitted)");
+            warn!(input = %id, %peer, reason = %why, bytes = buf.len(), next = %hex_preview(&buf), "not a msgpack stream; closing this connection (what came before was emitted)");
             counts.unparsable += 1;
             break End::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
         }

@@ -32,7 +32,6 @@ pub mod in_syslog;
 pub mod in_tcp;
 pub mod in_udp;
 mod listener;
-mod msgpack_stream;
 pub mod out_tcp;
 mod syslog;
 

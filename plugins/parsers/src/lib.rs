@@ -29,6 +29,7 @@ use ulog_engine::{BuildError, EventTime, ParamKind, ParamSpec, Params, Record, R
 mod common;
 pub mod filter_parse;
 pub mod msgpack;
+pub mod msgpack_stream;
 mod parser_apache2;
 mod parser_apache_error;
 mod parser_csv;

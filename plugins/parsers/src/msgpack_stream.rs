@@ -1,4 +1,5 @@
-//! Low-level MessagePack helpers the forward codec is built on.
+//! Low-level MessagePack helpers for streams of msgpack values: the forward
+//! codec and the tcp input's msgpack framing are built on them.
 //!
 //! Two pieces, both allocation-free until a record is built:
 //!
@@ -745,7 +746,7 @@ mod tests {
         let v = sample();
         let bytes = encode(&v);
         let ours = Reader::new(&bytes).json().unwrap();
-        let theirs = ulog_parsers::msgpack::to_json(v);
+        let theirs = crate::msgpack::to_json(v);
         assert_eq!(ours, theirs);
         assert_eq!(ours["u"], json!(u64::MAX));
         assert_eq!(ours["7"], json!("int key"));
