@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use ulog_engine::{PluginKind, Registry};
 use ulog_lang::{Diagnostic, Options};
 
+pub mod api;
 mod reference;
 
 /// ulog: a unified log router.
@@ -40,6 +41,10 @@ enum Command {
         /// How long a stop may take to drain queues before giving up on them.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         shutdown_timeout: Duration,
+        /// Serve `/health` and `/metrics` (Prometheus text) on this address,
+        /// such as `127.0.0.1:2020`.
+        #[arg(long, env = "ULOG_API")]
+        api: Option<std::net::SocketAddr>,
     },
     /// Check a routes file: exit 0 when valid, 1 when not. Warnings (such as a
     /// match block that can never receive events) do not fail the check.
@@ -91,7 +96,8 @@ pub fn main_with(extra: impl FnOnce(&mut Registry)) -> ExitCode {
         Command::Run {
             file,
             shutdown_timeout,
-        } => run(&file, &registry, shutdown_timeout),
+            api,
+        } => run(&file, &registry, shutdown_timeout, api),
         Command::Check { file } => check(&file, &registry),
         Command::Graph { file } => graph(&file, &registry),
         Command::Plugins { markdown } => {
@@ -174,7 +180,12 @@ fn graph(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run(file: &Path, registry: &Registry, shutdown_timeout: Duration) -> anyhow::Result<ExitCode> {
+fn run(
+    file: &Path,
+    registry: &Registry,
+    shutdown_timeout: Duration,
+    api: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     let options = Options {
         shutdown_timeout,
         ..Options::default()
@@ -189,16 +200,30 @@ fn run(file: &Path, registry: &Registry, shutdown_timeout: Duration) -> anyhow::
         .build()
         .context("starting the Tokio runtime")?;
     let report = runtime.block_on(async move {
-        let running = pipeline.start();
-        let stop = running.shutdown_token();
+        // Bind before starting, so a taken address fails the run at once.
+        let api_listener = match api {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the api address {addr}"))?,
+            ),
+            None => None,
+        };
+        let started = pipeline.start();
+        let stop = started.shutdown_token();
+        if let Some(listener) = api_listener {
+            let metrics = started.metrics_source();
+            tokio::spawn(api::serve(listener, metrics, stop.clone()));
+        }
+        let running = started;
         tokio::spawn(async move {
             wait_for_signal().await;
             info!("signal received; stopping");
             stop.cancel();
         });
         info!(file = %file.display(), "ulog running");
-        running.wait().await
-    });
+        anyhow::Ok(running.wait().await)
+    })?;
     let m = &report.metrics;
     info!(
         unmatched = m.unmatched,

@@ -21,6 +21,9 @@ pub struct NodeMetrics {
     pub retries: AtomicU64,
     /// Events waiting in this output's queue or being written.
     pub queued: AtomicU64,
+    /// Why this node stopped working (an input whose `run` returned an
+    /// error), for health checks; `None` while it runs.
+    pub failure: std::sync::Mutex<Option<String>>,
 }
 
 impl NodeMetrics {
@@ -30,6 +33,13 @@ impl NodeMetrics {
 
     pub(crate) fn sub(counter: &AtomicU64, n: usize) {
         counter.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records that the node stopped working, and why.
+    pub(crate) fn set_failure(&self, reason: String) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(reason);
+        }
     }
 }
 
@@ -75,6 +85,8 @@ pub struct NodeSnapshot {
     pub retries: u64,
     /// See [`NodeMetrics::queued`].
     pub queued: u64,
+    /// See [`NodeMetrics::failure`].
+    pub failure: Option<String>,
 }
 
 impl Metrics {
@@ -99,6 +111,7 @@ impl Metrics {
                     events_failed: get(&m.events_failed),
                     retries: get(&m.retries),
                     queued: get(&m.queued),
+                    failure: m.failure.lock().ok().and_then(|f| f.clone()),
                 })
                 .collect(),
             unmatched: get(&self.unmatched),

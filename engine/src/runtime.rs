@@ -981,11 +981,17 @@ impl Pipeline {
                 shutdown: shutdown.child_token(),
             };
             let id = i.id.clone();
+            let health = ctx.emitter.source.clone();
             input_tasks.push(tokio::spawn(async move {
                 debug!(input = %id, "input started");
                 match i.input.run(ctx).await {
                     Ok(()) => debug!(input = %id, "input stopped"),
-                    Err(e) => error!(input = %id, error = %e, "input failed"),
+                    Err(e) => {
+                        error!(input = %id, error = %e, "input failed");
+                        if let Some(m) = health {
+                            m.set_failure(format!("input failed: {e}"));
+                        }
+                    }
                 }
             }));
         }
@@ -1073,6 +1079,13 @@ impl Running {
     /// Current counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// A function that reads the current counters, for servers (the `--api`
+    /// endpoint) that outlive this handle's borrow.
+    pub fn metrics_source(&self) -> Arc<dyn Fn() -> MetricsSnapshot + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.metrics.snapshot())
     }
 
     /// Begins a clean stop: inputs stop, queues drain, outputs flush.

@@ -1,0 +1,285 @@
+//! The `--api` listener of `ulog run`: `/health` and `/metrics` for service
+//! managers, load balancers and Prometheus.
+//!
+//! It reads the engine's per-node counters ([`MetricsSnapshot`]) on each
+//! request, so it costs nothing while nobody asks. Plain HTTP/1.1 on the
+//! address given (bind it to loopback unless a scraper elsewhere needs it).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use ulog_engine::metrics::MetricsSnapshot;
+use ulog_engine::PluginKind;
+
+/// Reads the counters of the running pipeline.
+pub type MetricsSource = Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>;
+
+/// Serves `/health` and `/metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: MetricsSource, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "api listening (/health, /metrics)");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "api accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &metrics())) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "api connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, snapshot: &MetricsSnapshot) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET and HEAD are served\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/health" => {
+            let (status, body) = health(snapshot);
+            reply(status, "text/plain; charset=utf-8", body)
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text(snapshot),
+        ),
+        other => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            format!("no such endpoint: {other} (try /health or /metrics)\n"),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// 200 "ok" when no node has failed; 503 with one line per failed node.
+pub fn health(snapshot: &MetricsSnapshot) -> (StatusCode, String) {
+    let failed: Vec<String> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            n.failure
+                .as_ref()
+                .map(|f| format!("{} {}: {f}\n", n.kind, n.id))
+        })
+        .collect();
+    if failed.is_empty() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failed.concat())
+    }
+}
+
+/// The counters in Prometheus' text exposition format (version 0.0.4).
+pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
+    let mut out = String::with_capacity(256 + snapshot.nodes.len() * 400);
+    type Field = fn(&ulog_engine::metrics::NodeSnapshot) -> u64;
+    let per_node: [(&str, &str, &str, Field); 5] = [
+        (
+            "ulog_node_events_in_total",
+            "counter",
+            "Events an input emitted, a filter received or an output received.",
+            |n| n.events_in,
+        ),
+        (
+            "ulog_node_events_out_total",
+            "counter",
+            "Events an input had accepted by the pipeline, a filter passed on or an output wrote.",
+            |n| n.events_out,
+        ),
+        (
+            "ulog_node_events_failed_total",
+            "counter",
+            "Events that failed for good at this node (sent to the errors label or dropped).",
+            |n| n.events_failed,
+        ),
+        (
+            "ulog_node_retries_total",
+            "counter",
+            "Batches an output retried.",
+            |n| n.retries,
+        ),
+        (
+            "ulog_node_queued_events",
+            "gauge",
+            "Events waiting in an output's queue or being written.",
+            |n| n.queued,
+        ),
+    ];
+    for (name, kind, help, field) in per_node {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for n in &snapshot.nodes {
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{}\",kind=\"{}\"}} {}",
+                escape_label(&n.id),
+                kind_name(n.kind),
+                field(n)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ulog_node_up 1 while the node works, 0 once it has failed.\n# TYPE ulog_node_up gauge"
+    );
+    for n in &snapshot.nodes {
+        let _ = writeln!(
+            out,
+            "ulog_node_up{{node=\"{}\",kind=\"{}\"}} {}",
+            escape_label(&n.id),
+            kind_name(n.kind),
+            u8::from(n.failure.is_none())
+        );
+    }
+    for (name, help, value) in [
+        (
+            "ulog_unmatched_events_total",
+            "Events no match block took.",
+            snapshot.unmatched,
+        ),
+        (
+            "ulog_rejected_events_total",
+            "Events rejected by a filter or an output.",
+            snapshot.rejected,
+        ),
+        (
+            "ulog_dropped_events_total",
+            "Rejected events that had no errors label to go to.",
+            snapshot.dropped,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    out
+}
+
+fn kind_name(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Input => "input",
+        PluginKind::Filter => "filter",
+        PluginKind::Output => "output",
+    }
+}
+
+/// Escapes a label value as the exposition format asks: `\`, `"` and newline.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ulog_engine::metrics::NodeSnapshot;
+
+    fn node(id: &str, kind: PluginKind, failure: Option<&str>) -> NodeSnapshot {
+        NodeSnapshot {
+            id: id.into(),
+            kind,
+            events_in: 7,
+            events_out: 5,
+            events_failed: 2,
+            retries: 1,
+            queued: 3,
+            failure: failure.map(String::from),
+        }
+    }
+
+    #[test]
+    fn prometheus_text_has_every_node_and_escapes_labels() {
+        let snap = MetricsSnapshot {
+            nodes: vec![
+                node("web\"in", PluginKind::Input, None),
+                node("store", PluginKind::Output, Some("x")),
+            ],
+            unmatched: 4,
+            rejected: 2,
+            dropped: 0,
+        };
+        let text = prometheus_text(&snap);
+        assert!(text.contains("ulog_node_events_in_total{node=\"web\\\"in\",kind=\"input\"} 7"));
+        assert!(text.contains("ulog_node_queued_events{node=\"store\",kind=\"output\"} 3"));
+        assert!(text.contains("ulog_node_up{node=\"store\",kind=\"output\"} 0"));
+        assert!(text.contains("ulog_node_up{node=\"web\\\"in\",kind=\"input\"} 1"));
+        assert!(text.contains("\nulog_unmatched_events_total 4\n"));
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
+        }
+    }
+
+    #[test]
+    fn health_names_each_failed_node() {
+        let ok = MetricsSnapshot {
+            nodes: vec![node("a", PluginKind::Input, None)],
+            ..Default::default()
+        };
+        assert_eq!(health(&ok).0, StatusCode::OK);
+        let bad = MetricsSnapshot {
+            nodes: vec![
+                node("a", PluginKind::Input, None),
+                node(
+                    "tcp#1",
+                    PluginKind::Input,
+                    Some("input failed: address in use"),
+                ),
+            ],
+            ..Default::default()
+        };
+        let (status, body) = health(&bad);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "input tcp#1: input failed: address in use\n");
+    }
+}
