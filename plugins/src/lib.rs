@@ -20,6 +20,8 @@ pub fn register_all(registry: &mut Registry) {
     ulog_plugins_tail::register(registry);
     #[cfg(feature = "net")]
     ulog_plugins_net::register(registry);
+    #[cfg(feature = "owl")]
+    ulog_plugins_owl::register(registry);
 }
 
 /// A registry with every built-in plugin.
