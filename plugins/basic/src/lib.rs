@@ -18,6 +18,7 @@
 
 pub mod encode;
 pub mod filter_record;
+pub mod filter_validate;
 pub mod in_dummy;
 pub mod in_stdin;
 pub mod out_file;
@@ -31,6 +32,7 @@ pub fn register(registry: &mut Registry) {
     in_stdin::register(registry);
     in_dummy::register(registry);
     filter_record::register(registry);
+    filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);
     out_null::register(registry);
