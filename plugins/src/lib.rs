@@ -22,6 +22,8 @@ pub fn register_all(registry: &mut Registry) {
     ulog_plugins_net::register(registry);
     #[cfg(feature = "owl")]
     ulog_plugins_owl::register(registry);
+    #[cfg(feature = "mqtt")]
+    ulog_plugins_mqtt::register(registry);
 }
 
 /// A registry with every built-in plugin.
