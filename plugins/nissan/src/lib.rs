@@ -1,0 +1,6 @@
+//! Nissan EV telematics for ulog: the battery state of configured Leafs.
+//!
+//! [`battery`] reads the responses of both Nissan services into one record.
+#![deny(missing_docs)]
+
+pub mod battery;
