@@ -4,3 +4,5 @@
 #![deny(missing_docs)]
 
 pub mod battery;
+pub mod carwings;
+pub mod client;
