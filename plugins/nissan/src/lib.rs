@@ -6,3 +6,10 @@
 pub mod battery;
 pub mod carwings;
 pub mod client;
+pub mod in_nissan;
+pub mod kamereon;
+
+/// Registers `input nissan`.
+pub fn register(registry: &mut ulog_engine::Registry) {
+    in_nissan::register(registry);
+}
