@@ -24,6 +24,8 @@ pub fn register_all(registry: &mut Registry) {
     ulog_plugins_owl::register(registry);
     #[cfg(feature = "mqtt")]
     ulog_plugins_mqtt::register(registry);
+    #[cfg(feature = "nissan")]
+    ulog_plugins_nissan::register(registry);
 }
 
 /// A registry with every built-in plugin.
