@@ -23,6 +23,8 @@ fn free_port() -> u16 {
 /// restart keeps queued messages and sessions. Killed on drop.
 struct Broker {
     port: u16,
+    /// A second listener that requires a password.
+    auth_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -32,6 +34,7 @@ impl Broker {
         let dir = tempfile::tempdir().unwrap();
         let mut b = Broker {
             port: free_port(),
+            auth_port: free_port(),
             dir,
             child: None,
         };
@@ -57,7 +60,7 @@ impl Broker {
                  max_queued_messages 100000\n",
                 dir = self.dir.path().display(),
                 port = self.port,
-                auth_port = self.port + 1,
+                auth_port = self.auth_port,
                 passwd = passwd.display(),
                 // Started as root, mosquitto would drop to its own user and
                 // could not write the persistence file in our temp dir.
@@ -65,16 +68,25 @@ impl Broker {
             ),
         )
         .unwrap();
+        let log_path = self.dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(mosquitto())
             .args(["-c", conf.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto (Debian package mosquitto) is needed for these tests");
         self.child = Some(child);
         let begun = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(begun.elapsed() < DEADLINE, "mosquitto did not start");
+        let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !(up(self.port) && up(self.auth_port)) {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || begun.elapsed() > DEADLINE {
+                panic!(
+                    "mosquitto did not start ({exited:?}): {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -584,7 +596,7 @@ match "alerts.**" mqtt {{ broker = "{}"  topic = "home/{{household}}/alerts"  qo
 async fn wrong_password_is_retried_and_logged_not_a_crash() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let auth = format!("127.0.0.1:{}", broker.port + 1);
+    let auth = format!("127.0.0.1:{}", broker.auth_port);
     std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
     let good = format!(
         r#"
