@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod spec;
 pub mod suggest;
 pub mod tag;
+pub mod template;
 
 pub use async_trait::async_trait;
 pub use event::{Batch, Event, EventTime, Record};

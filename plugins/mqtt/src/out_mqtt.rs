@@ -16,6 +16,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use serde_json::Value as Json;
 use tracing::{info, warn};
+use ulog_engine::template::Template;
 use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Delivery, ItemFailure, Output, ParamKind,
     ParamSpec, Params, PluginError, PluginKind, PluginSpec, Registry,
@@ -68,119 +69,23 @@ pub fn register(registry: &mut Registry) {
     });
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Tag,
-    TagPath,
-    TagIndex(isize),
-    Field(Vec<String>),
-}
-
-/// A compiled topic template.
+/// A topic template: the engine's [`Template`] without MQTT wildcards.
 #[derive(Debug, Clone)]
-struct TopicTemplate {
-    parts: Vec<Part>,
-}
+struct TopicTemplate(Template);
 
 impl TopicTemplate {
     fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in topic template {text:?}"))?
-                + open;
-            let name = rest[open + 1..close].trim();
-            parts.push(match name {
-                "tag" => Part::Tag,
-                "tag_path" => Part::TagPath,
-                "" => {
-                    return Err(format!(
-                        "empty placeholder `{{}}` in topic template {text:?}"
-                    ))
-                }
-                n if n.starts_with("tag_parts[") && n.ends_with(']') => Part::TagIndex(
-                    n["tag_parts[".len()..n.len() - 1]
-                        .parse()
-                        .map_err(|_| format!("bad index in `{{{n}}}`"))?,
-                ),
-                n => Part::Field(
-                    n.trim_start_matches("record.")
-                        .split('.')
-                        .map(str::to_string)
-                        .collect(),
-                ),
-            });
-            rest = &rest[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        if parts
-            .iter()
-            .any(|p| matches!(p, Part::Text(t) if t.contains(['+', '#'])))
-        {
+        let t = Template::parse(text)?;
+        if t.literals().any(|l| l.contains(['+', '#'])) {
             return Err(format!(
                 "topic template {text:?} contains a wildcard (+ or #)"
             ));
         }
-        Ok(Self { parts })
+        Ok(Self(t))
     }
 
     fn render(&self, tag: &str, record: &serde_json::Map<String, Json>) -> Result<String, String> {
-        let mut out = String::new();
-        let tag_parts: Vec<&str> = tag.split('.').collect();
-        for p in &self.parts {
-            match p {
-                Part::Text(t) => out.push_str(t),
-                Part::Tag => out.push_str(tag),
-                Part::TagPath => out.push_str(&tag.replace('.', "/")),
-                Part::TagIndex(i) => {
-                    let idx = if *i < 0 {
-                        tag_parts.len() as isize + i
-                    } else {
-                        *i
-                    };
-                    match usize::try_from(idx).ok().and_then(|i| tag_parts.get(i)) {
-                        Some(s) => out.push_str(s),
-                        None => return Err(format!("tag {tag:?} has no part {i}")),
-                    }
-                }
-                Part::Field(path) => {
-                    let mut v = record.get(&path[0]);
-                    for k in &path[1..] {
-                        v = v.and_then(|v| v.get(k));
-                    }
-                    match v {
-                        Some(Json::String(s)) => out.push_str(s),
-                        Some(Json::Number(n)) => out.push_str(&n.to_string()),
-                        Some(Json::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
-                        Some(other) => {
-                            return Err(format!(
-                                "field {:?} is {} and cannot be part of a topic",
-                                path.join("."),
-                                if other.is_null() {
-                                    "null"
-                                } else {
-                                    "not a scalar"
-                                }
-                            ))
-                        }
-                        None => {
-                            return Err(format!(
-                                "the event has no field {:?} for the topic",
-                                path.join(".")
-                            ))
-                        }
-                    }
-                }
-            }
-        }
+        let out = self.0.render(tag, record, "topic")?;
         if out.is_empty() || out.contains(['+', '#', '\0']) {
             return Err(format!("{out:?} is not a valid topic to publish to"));
         }
