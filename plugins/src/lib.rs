@@ -26,6 +26,8 @@ pub fn register_all(registry: &mut Registry) {
     ulog_plugins_mqtt::register(registry);
     #[cfg(feature = "nissan")]
     ulog_plugins_nissan::register(registry);
+    #[cfg(feature = "pubnub")]
+    ulog_plugins_pubnub::register(registry);
 }
 
 /// A registry with every built-in plugin.
