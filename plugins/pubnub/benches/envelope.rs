@@ -60,6 +60,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("100_messages_decode_only", |b| {
         b.iter(|| decode_subscribe(&full).unwrap().2.len())
     });
+    g.bench_function("100_messages_entry_check_only", |b| {
+        b.iter(|| ulog_plugins_pubnub::envelope::malformed_entries(&full).len())
+    });
     g.bench_function("100_messages_decode_and_records", |b| {
         b.iter(|| records(&full, &fields))
     });

@@ -97,26 +97,46 @@ pub fn decode_subscribe(body: &[u8]) -> Result<(u64, u32, Vec<Update>), String> 
 /// A body that is not an envelope at all yields nothing (the SDK reports
 /// that as an error itself).
 pub fn malformed_entries(body: &[u8]) -> Vec<Value> {
-    let Ok(Value::Object(envelope)) = serde_json::from_slice::<Value>(body) else {
+    use serde::de::IgnoredAny;
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        m: Vec<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Published<'a> {
+        #[serde(borrow)]
+        t: Option<std::borrow::Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry<'a> {
+        a: Option<IgnoredAny>,
+        f: Option<u64>,
+        c: Option<IgnoredAny>,
+        d: Option<IgnoredAny>,
+        #[serde(borrow)]
+        p: Option<Published<'a>>,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
         return Vec::new();
     };
-    let Some(Value::Array(entries)) = envelope.get("m") else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter(|e| {
-            let ok = e.get("a").is_some_and(Value::is_string)
-                && e.get("f").is_some_and(Value::is_u64)
-                && e.get("c").is_some_and(Value::is_string)
-                && e.get("d").is_some()
-                && e.get("p")
-                    .and_then(|p| p.get("t"))
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+    envelope
+        .m
+        .into_iter()
+        .filter(|raw| {
+            let ok = serde_json::from_str::<Entry>(raw.get()).is_ok_and(|e| {
+                e.a.is_some()
+                    && e.f.is_some()
+                    && e.c.is_some()
+                    && e.d.is_some()
+                    && e.p
+                        .and_then(|p| p.t)
+                        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            });
             !ok
         })
-        .cloned()
+        .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
         .collect()
 }
 
