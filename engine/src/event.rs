@@ -254,21 +254,116 @@ pub fn validate_json_object(bytes: &[u8]) -> Result<(), RecordError> {
     }
 }
 
-/// One event: when it happened and what it says. Its tag is its batch's.
-#[derive(Clone, Debug, PartialEq)]
+/// An event's identity, given once when ulog accepts it and kept through
+/// filters, retries and (with file buffers) restarts, so a destination that
+/// can write idempotently (MongoDB `_id`, Elasticsearch `_id`) stores a
+/// replayed event once. Two identical readings are two events with two
+/// ids: the id is never derived from the content alone.
+///
+/// The layout is a UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then a
+/// per-process counter and random bits, so ids sort roughly by acceptance
+/// time (index-friendly) and differ across processes. `EventId::NONE` means
+/// "not assigned yet".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventId(u128);
+
+impl EventId {
+    /// No id assigned.
+    pub const NONE: EventId = EventId(0);
+
+    /// The raw 128 bits.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// An id from its raw bits (a buffer reading back what it stored).
+    pub const fn from_u128(bits: u128) -> Self {
+        Self(bits)
+    }
+
+    /// Whether an id was assigned.
+    pub const fn is_some(self) -> bool {
+        self.0 != 0
+    }
+
+    /// `n` fresh ids, consecutive in this process: one clock read and one
+    /// atomic add per batch.
+    pub fn fresh(n: usize) -> impl Iterator<Item = EventId> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        static PROCESS: OnceLock<u64> = OnceLock::new();
+        let process = *PROCESS.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            h.write_u32(std::process::id());
+            h.finish() & 0x3fff_ffff
+        });
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64
+            & 0xffff_ffff_ffff;
+        let first = COUNTER.fetch_add(n as u64, Ordering::Relaxed);
+        (first..first + n as u64).map(move |seq| {
+            let hi =
+                (u128::from(ms) << 80) | (0x7u128 << 76) | (u128::from((seq >> 32) & 0xfff) << 64);
+            let lo = (0b10u128 << 62) | (u128::from(process) << 32) | u128::from(seq & 0xffff_ffff);
+            EventId(hi | lo)
+        })
+    }
+}
+
+impl fmt::Display for EventId {
+    /// The canonical UUID text: `0190f5c4-8a3b-7000-8000-1234abcd0001`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (b >> 96) as u32,
+            (b >> 80) as u16,
+            (b >> 64) as u16,
+            (b >> 48) as u16,
+            (b & 0xffff_ffff_ffff) as u64
+        )
+    }
+}
+
+/// One event: when it happened, what it says, and its identity. Its tag is
+/// its batch's.
+#[derive(Clone, Debug)]
 pub struct Event {
     /// When the event happened (or was received, when the source had no time).
     pub time: EventTime,
     /// The event's fields.
     pub record: Record,
+    /// Given by the engine when the event is accepted (`Emitter::emit`),
+    /// unless the input set one derived from its source position.
+    pub id: EventId,
+}
+
+impl PartialEq for Event {
+    /// Equal content: the same time and record. The id is identity, not
+    /// content, and is left out (a test's expected event has none).
+    fn eq(&self, other: &Self) -> bool {
+        self.time == other.time && self.record == other.record
+    }
 }
 
 impl Event {
-    /// An event at `time` with `record`.
+    /// An event at `time` with `record`; its id is given when it is accepted.
     pub fn new(time: EventTime, record: impl Into<Record>) -> Self {
         Self {
             time,
             record: record.into(),
+            id: EventId::NONE,
         }
     }
 }
@@ -316,6 +411,33 @@ pub type SharedBatch = Arc<Batch>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_ids_are_distinct_uuid_v7_and_ordered_within_a_batch() {
+        let ids: Vec<EventId> = EventId::fresh(1000).chain(EventId::fresh(5)).collect();
+        let set: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(set.len(), ids.len());
+        assert!(ids.windows(2).take(999).all(|w| w[0] < w[1]));
+        let text = ids[0].to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "7", "version 7: {text}");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "a" | "b"),
+            "variant: {text}"
+        );
+        assert!(ids.iter().all(|i| i.is_some()));
+        assert!(!EventId::NONE.is_some());
+        let ms = (ids[0].as_u128() >> 80) as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - ms < 60_000);
+        let mut a = Event::new(EventTime::from_unix_nanos(1), Record::new());
+        let b = a.clone();
+        a.id = ids[0];
+        assert_eq!(a, b, "equality is content");
+    }
     use serde_json::json;
 
     #[test]

@@ -110,10 +110,11 @@ impl Emitter {
     /// # Errors
     /// [`EmitError`] when the pipeline is shutting down and an output no longer
     /// accepts events; the caller still owns the responsibility for them.
-    pub async fn emit(&mut self, batch: Batch) -> Result<(), EmitError> {
+    pub async fn emit(&mut self, mut batch: Batch) -> Result<(), EmitError> {
         if batch.is_empty() {
             return Ok(());
         }
+        assign_ids(&mut batch);
         if let Some(m) = &self.source {
             NodeMetrics::add(&m.events_in, batch.len());
         }
@@ -1331,6 +1332,18 @@ async fn deliver(
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(settings.retry_max_wait);
+    }
+}
+
+/// Gives every event of an accepted batch that has none its stable id.
+fn assign_ids(batch: &mut Batch) {
+    let missing = batch.events.iter().filter(|e| !e.id.is_some()).count();
+    if missing == 0 {
+        return;
+    }
+    let mut ids = crate::event::EventId::fresh(missing);
+    for e in batch.events.iter_mut().filter(|e| !e.id.is_some()) {
+        e.id = ids.next().unwrap_or_default();
     }
 }
 

@@ -154,10 +154,9 @@ impl LineDecoder {
         counts: &mut ConnCounts,
     ) {
         match self.parser.parse(chunk.slice(start..end)) {
-            Ok(parsed) => out.events.push(Event {
-                time: parsed.time.unwrap_or(now),
-                record: parsed.record,
-            }),
+            Ok(parsed) => out
+                .events
+                .push(Event::new(parsed.time.unwrap_or(now), parsed.record)),
             Err(e) => {
                 let reason = format!("format {}: {e}", self.format);
                 self.refuse(&chunk[start..end], &reason, now, peer, out, counts);

@@ -358,7 +358,7 @@ impl Config {
         if let Some(key) = &self.source_key {
             record.insert(key.clone(), Value::String(peer.ip().to_string()));
         }
-        out.push(tag, Event { time, record });
+        out.push(tag, Event::new(time, record));
     }
 
     fn oversized(&self, n: usize, peer: &SocketAddr, counts: &mut ConnCounts) {

@@ -529,7 +529,7 @@ impl Sink {
                     OnError::Log => return None,
                     OnError::Errors => {
                         self.rejected.push(Rejected {
-                            event: Event { time: now, record },
+                            event: Event::new(now, record),
                             reason: e.to_string(),
                         });
                         return None;
@@ -541,7 +541,7 @@ impl Sink {
         if let (Some(key), Some(value)) = (&self.cfg.path_key, &t.path_value) {
             record.insert(key.clone(), value.clone());
         }
-        Some(Event { time, record })
+        Some(Event::new(time, record))
     }
 }
 
