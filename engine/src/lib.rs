@@ -24,7 +24,7 @@ pub mod template;
 
 pub use async_trait::async_trait;
 pub use event::{Batch, Event, EventId, EventTime, Record};
-pub use params::{BuildError, ParamKind, ParamSpec, Params, PluginKind, PluginSpec, Value};
+pub use params::{BuildError, ParamKind, ParamSpec, Params, PluginKind, PluginSpec, Value, Within};
 pub use plugin::{
     Delivery, Filter, Input, InputContext, ItemFailure, Output, PluginError, Rejected,
 };

@@ -453,6 +453,17 @@ impl ParamError {
     }
 }
 
+/// Where inside a parameter's value a [`BuildError`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Within {
+    /// Map keys and list indices (as text) from the value down to a string.
+    pub path: Vec<String>,
+    /// Byte offset in that string.
+    pub offset: usize,
+    /// Bytes at fault from `offset`.
+    pub len: usize,
+}
+
 /// A plugin could not be built from its parameters.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{}{message}", param.as_ref().map(|p| format!("parameter `{p}`: ")).unwrap_or_default())]
@@ -461,6 +472,10 @@ pub struct BuildError {
     pub param: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// Where inside the parameter's value, when known: map keys and list
+    /// indices down to a string, and a byte offset in it. Lets a configuration
+    /// tool point at the character at fault, e.g. in an embedded expression.
+    pub within: Option<Within>,
 }
 
 impl BuildError {
@@ -469,6 +484,7 @@ impl BuildError {
         Self {
             param: Some(param.to_string()),
             message: message.into(),
+            within: None,
         }
     }
 
@@ -477,6 +493,30 @@ impl BuildError {
         Self {
             param: None,
             message: message.into(),
+            within: None,
+        }
+    }
+
+    /// Points the error at bytes `offset..offset + len` of the string
+    /// reached from the parameter's value by `path` (map keys, list indices
+    /// as text; empty for the value itself).
+    pub fn at(mut self, path: Vec<String>, offset: usize, len: usize) -> Self {
+        self.within = Some(Within { path, offset, len });
+        self
+    }
+
+    /// Which part of the block the error is about.
+    pub fn focus(&self) -> crate::spec::Focus {
+        use crate::spec::Focus;
+        match (&self.param, &self.within) {
+            (None, _) => Focus::Block,
+            (Some(p), None) => Focus::Param(p.clone()),
+            (Some(p), Some(w)) => Focus::Value {
+                param: p.clone(),
+                path: w.path.clone(),
+                offset: w.offset,
+                len: w.len,
+            },
         }
     }
 }

@@ -699,11 +699,7 @@ impl Pipeline {
                     metrics.node(&id, PluginKind::Input);
                     inputs.push(BuiltInput { id, input, flow });
                 }
-                Err(e) => b.errors.push(SpecError::error(
-                    site,
-                    e.param.map_or(Focus::Block, Focus::Param),
-                    e.message,
-                )),
+                Err(e) => b.errors.push(SpecError::error(site, e.focus(), e.message)),
             }
         }
 
@@ -742,11 +738,7 @@ impl Pipeline {
                         });
                         filter_sets.push(set);
                     }
-                    Err(e) => b.errors.push(SpecError::error(
-                        site,
-                        e.param.map_or(Focus::Block, Focus::Param),
-                        e.message,
-                    )),
+                    Err(e) => b.errors.push(SpecError::error(site, e.focus(), e.message)),
                 }
             }
             let mut match_sets = Vec::new();
@@ -776,11 +768,7 @@ impl Pipeline {
                     let settings = match DeliverySettings::from_params(&params) {
                         Ok(s) => s,
                         Err(e) => {
-                            b.errors.push(SpecError::error(
-                                site,
-                                e.param.map_or(Focus::Block, Focus::Param),
-                                e.message,
-                            ));
+                            b.errors.push(SpecError::error(site, e.focus(), e.message));
                             continue;
                         }
                     };
@@ -788,11 +776,7 @@ impl Pipeline {
                         AnyFactory::Output(factory) => match factory(&params, &b.ctx(&id)) {
                             Ok(o) => OutputKind::Plugin(o),
                             Err(e) => {
-                                b.errors.push(SpecError::error(
-                                    site,
-                                    e.param.map_or(Focus::Block, Focus::Param),
-                                    e.message,
-                                ));
+                                b.errors.push(SpecError::error(site, e.focus(), e.message));
                                 continue;
                             }
                         },

@@ -120,6 +120,20 @@ pub enum Focus {
     Block,
     /// One parameter, by name.
     Param(String),
+    /// A place inside one parameter's value: a string (or an entry of a map
+    /// or list) and a byte offset in it, e.g. where an embedded expression
+    /// fails to compile.
+    Value {
+        /// The parameter.
+        param: String,
+        /// Map keys and list indices (as decimal text) from the parameter's
+        /// value down to the string at fault; empty for the value itself.
+        path: Vec<String>,
+        /// Byte offset inside that string.
+        offset: usize,
+        /// How many bytes from `offset` are at fault (at least one is shown).
+        len: usize,
+    },
     /// One tag pattern of a filter or match, with a byte offset in it.
     Pattern {
         /// Which pattern of the block.

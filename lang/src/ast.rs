@@ -194,6 +194,20 @@ pub enum ValueKind {
 }
 
 impl Value {
+    /// The value reached by `path`: map keys, and list indices written as
+    /// decimal text; `self` for an empty path.
+    pub fn find(&self, path: &[String]) -> Option<&Value> {
+        let Some((step, rest)) = path.split_first() else {
+            return Some(self);
+        };
+        let next = match &self.kind {
+            ValueKind::Map(entries) => entries.iter().find(|(k, _)| &k.value == step).map(|e| &e.1),
+            ValueKind::List(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        }?;
+        next.find(rest)
+    }
+
     /// Converts to the engine's value; `None` when any part is invalid.
     pub fn to_engine(&self) -> Option<ulog_engine::Value> {
         use ulog_engine::Value as V;

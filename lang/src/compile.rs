@@ -35,8 +35,8 @@ const PLACEHOLDER_PATTERN: &str = "ulog-lang-unresolved-pattern";
 struct SiteLoc {
     /// The block's type name (a label's name; a match block's header).
     block: Option<Span>,
-    /// `(name, key span, value span)` of each parameter, in order.
-    params: Vec<(String, Span, Span)>,
+    /// `(name, key span, value)` of each parameter, in order.
+    params: Vec<(String, Span, crate::ast::Value)>,
     /// The tag pattern literals of a filter or match.
     patterns: Vec<StrLit>,
     /// Parameters left out of the spec because their value had an error.
@@ -277,7 +277,7 @@ impl Lowerer<'_> {
                             loc.params.push((
                                 p.key.value.clone(),
                                 p.key.span.clone(),
-                                p.value.span.clone(),
+                                p.value.clone(),
                             ));
                         }
                         None => loc.invalid_params.push(p.key.value.clone()),
@@ -573,9 +573,41 @@ impl Lowerer<'_> {
                         given.get(*n - 1).or(given.last()).map(|p| p.1.clone())
                     }
                     "E-duplicate-param" => given.last().map(|p| p.1.clone()),
-                    _ => given.first().map(|p| p.2.clone()),
+                    _ => given.first().map(|p| p.2.span.clone()),
                 };
                 found.or(block_span)
+            }
+            (
+                Focus::Value {
+                    param,
+                    path,
+                    offset,
+                    len,
+                },
+                Some(loc),
+            ) => {
+                if loc.invalid_params.contains(param) {
+                    return None;
+                }
+                match loc.params.iter().find(|(n, _, _)| n == param) {
+                    Some((_, _, value)) => match value.find(path) {
+                        Some(crate::ast::Value {
+                            kind: crate::ast::ValueKind::Str(lit),
+                            ..
+                        }) => {
+                            let first = lit.span_at(*offset);
+                            let last = lit.span_at(offset + len.saturating_sub(1));
+                            Some(if last.start >= first.start {
+                                first.to(&last)
+                            } else {
+                                first
+                            })
+                        }
+                        Some(inner) => Some(inner.span.clone()),
+                        None => Some(value.span.clone()),
+                    },
+                    None => block_span,
+                }
             }
             (Focus::Pattern { index, offset }, Some(loc)) => {
                 if loc.invalid_patterns.contains(index) {
@@ -601,7 +633,7 @@ impl Lowerer<'_> {
                         l.params
                             .iter()
                             .find(|p| p.0 == "id")
-                            .map(|p| p.2.clone())
+                            .map(|p| p.2.span.clone())
                             .or_else(|| l.block.clone())
                     });
                 if let Some(span) = here {

@@ -253,6 +253,18 @@ impl Cx<'_, '_> {
         let inner = pair.into_inner().next().expect("value");
         let kind = match inner.as_rule() {
             Rule::string | Rule::bad_string => ValueKind::Str(self.literal(inner)),
+            Rule::expr_lit => {
+                let text = inner.as_str();
+                ValueKind::Str(StrLit::verbatim(&text[1..text.len() - 1], span.clone()))
+            }
+            Rule::bad_expr_lit => {
+                self.diags.push(Diagnostic::error(
+                    "E-syntax",
+                    Some(Span::char_at(self.file, span.start)),
+                    "unterminated expression: no closing backtick (`) in the rest of the file",
+                ));
+                ValueKind::Invalid
+            }
             Rule::regex => ValueKind::Regex(literal::regex(&span)),
             Rule::bad_regex => {
                 self.diags.push(Diagnostic::error(

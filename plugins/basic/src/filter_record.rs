@@ -10,9 +10,11 @@
 //!
 //! Steps run in a fixed order: `rename`, then `set` (every value is computed
 //! from the record as it is after `rename`, then all are stored), then
-//! `remove`, then `keep`.
+//! `compute` (expressions, read against the record as `set` left it, then all
+//! stored), then `remove`, then `keep`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 use ulog_engine::{
@@ -44,6 +46,15 @@ pub fn spec() -> PluginSpec {
          {tag_parts[N]} (N from 0; negative counts from the end), {time} (float seconds), \
          {record.a.b} or {a.b} (a field, nested with dots); {{ and }} are literal braces. A \
          value that is one placeholder alone keeps the field's JSON type.",
+    ))
+    .param(ParamSpec::with_default(
+        "compute",
+        ParamKind::Map,
+        Value::Map(Vec::new()),
+        "Fields computed by expressions (docs/expressions.md), name = `expression`, after \
+         `set` and reading the record as `set` left it. An event on which one fails (a \
+         missing number, a wrong type) goes to the errors label unchanged, with the reason; \
+         a null result stores null.",
     ))
     .param(ParamSpec::with_default(
         "remove",
@@ -243,6 +254,7 @@ enum SetValue {
 pub struct RecordFilter {
     rename: Vec<(String, String)>,
     set: Vec<(String, SetValue)>,
+    compute: Vec<(String, Arc<ulog_expr::Expr>)>,
     remove: Vec<String>,
     keep: Option<Vec<String>>,
 }
@@ -283,6 +295,21 @@ impl RecordFilter {
                 Ok((field.clone(), compiled))
             })
             .collect::<Result<_, BuildError>>()?;
+        let compute = params
+            .map("compute")?
+            .iter()
+            .map(|(field, value)| match value {
+                Value::Str(source) => {
+                    crate::expression::compile("compute", &[field.as_str()], source, false)
+                        .map(|e| (field.clone(), Arc::new(e)))
+                }
+                other => Err(BuildError::param(
+                    "compute",
+                    format!("`{field}` needs an expression such as `$.a + 1`, found {other}"),
+                )
+                .at(vec![field.clone()], 0, 0)),
+            })
+            .collect::<Result<_, BuildError>>()?;
         let keep = params
             .get("keep")
             .map(|_| params.str_list("keep"))
@@ -290,6 +317,7 @@ impl RecordFilter {
         Ok(Self {
             rename,
             set,
+            compute,
             remove: params.str_list("remove")?,
             keep,
         })
@@ -298,14 +326,38 @@ impl RecordFilter {
     fn is_noop(&self) -> bool {
         self.rename.is_empty()
             && self.set.is_empty()
+            && self.compute.is_empty()
             && self.remove.is_empty()
             && self.keep.is_none()
     }
 
     /// Applies every step to one event.
     /// `values` is scratch space reused across the events of a batch.
-    fn apply(&self, tag: &Tag, tag_parts: &[&str], event: &mut Event, values: &mut Vec<Json>) {
+    ///
+    /// # Errors
+    /// The reason, when a `compute` expression fails; the event is then
+    /// partly transformed, so the caller keeps a copy to reject.
+    fn apply(
+        &self,
+        tag: &Tag,
+        tag_parts: &[&str],
+        event: &mut Event,
+        values: &mut Vec<Json>,
+    ) -> Result<(), String> {
         let mut record = std::mem::take(&mut event.record);
+        let result = self.apply_to(tag, tag_parts, event.time, &mut record, values);
+        event.record = record;
+        result
+    }
+
+    fn apply_to(
+        &self,
+        tag: &Tag,
+        tag_parts: &[&str],
+        time: EventTime,
+        record: &mut ulog_engine::Record,
+        values: &mut Vec<Json>,
+    ) -> Result<(), String> {
         let map = record.map_mut();
         for (old, new) in &self.rename {
             if let Some(v) = map.shift_remove(old) {
@@ -316,7 +368,7 @@ impl RecordFilter {
             values.clear();
             values.extend(self.set.iter().map(|(_, v)| match v {
                 SetValue::Const(c) => c.clone(),
-                SetValue::Template(t) => t.render(tag, tag_parts, event.time, map),
+                SetValue::Template(t) => t.render(tag, tag_parts, time, map),
             }));
             for ((field, _), value) in self.set.iter().zip(values.drain(..)) {
                 // Replacing in place spares allocating the key again.
@@ -328,13 +380,28 @@ impl RecordFilter {
                 }
             }
         }
+        if !self.compute.is_empty() {
+            values.clear();
+            let cx = ulog_expr::Context { record, tag, time };
+            for (field, expr) in &self.compute {
+                let value = expr
+                    .eval(&cx)
+                    .map_err(|e| format!("compute `{field}`: {}", e.message))?;
+                values.push(value.into_json());
+            }
+            let map = record.map_mut();
+            for ((field, _), value) in self.compute.iter().zip(values.drain(..)) {
+                map.insert(field.clone(), value);
+            }
+        }
+        let map = record.map_mut();
         for field in &self.remove {
             map.shift_remove(field);
         }
         if let Some(keep) = &self.keep {
             map.retain(|k, _| keep.iter().any(|f| f == k));
         }
-        event.record = record;
+        Ok(())
     }
 }
 
@@ -349,17 +416,33 @@ impl Filter for RecordFilter {
     async fn filter(
         &self,
         batch: &mut Batch,
-        _rejects: &mut Vec<Rejected>,
+        rejects: &mut Vec<Rejected>,
     ) -> Result<(), PluginError> {
         if self.is_noop() {
             return Ok(());
         }
         let tag = batch.tag.clone();
         let tag_parts: Vec<&str> = tag.parts().collect();
-        let mut values = Vec::with_capacity(self.set.len());
-        for event in &mut batch.events {
-            self.apply(&tag, &tag_parts, event, &mut values);
+        let mut values = Vec::with_capacity(self.set.len().max(self.compute.len()));
+        if self.compute.is_empty() {
+            for event in &mut batch.events {
+                // Without expressions nothing can fail.
+                let _ = self.apply(&tag, &tag_parts, event, &mut values);
+            }
+            return Ok(());
         }
+        let mut kept = Vec::with_capacity(batch.events.len());
+        for mut event in batch.events.drain(..) {
+            let original = event.clone();
+            match self.apply(&tag, &tag_parts, &mut event, &mut values) {
+                Ok(()) => kept.push(event),
+                Err(reason) => rejects.push(Rejected {
+                    event: original,
+                    reason,
+                }),
+            }
+        }
+        batch.events = kept;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! |--------|----------|--------------------------------------------------|
 //! | input  | `stdin`  | shell pipes and one-shot imports                 |
 //! | input  | `dummy`  | quickstart, testing routes, benchmarks           |
-//! | filter | `record` | renaming, setting, removing and keeping fields   |
+//! | filter | `record` | renaming, setting, computing, removing fields    |
+//! | filter | `grep`   | keeping or dropping events by regex, expression  |
 //! | output | `stdout` | trying routes out, debugging                     |
 //! | output | `file`   | local files split by tag and time                |
 //! | output | `null`   | dropping a tag on purpose, measuring             |
@@ -17,6 +18,8 @@
 #![deny(missing_docs)]
 
 pub mod encode;
+pub mod expression;
+pub mod filter_grep;
 pub mod filter_record;
 pub mod filter_validate;
 pub mod in_dummy;
@@ -32,6 +35,7 @@ pub fn register(registry: &mut Registry) {
     in_stdin::register(registry);
     in_dummy::register(registry);
     filter_record::register(registry);
+    filter_grep::register(registry);
     filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);

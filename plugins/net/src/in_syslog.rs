@@ -172,6 +172,7 @@ fn build_parser(format: &str, time_zone: &str) -> Result<Arc<dyn Parser>, BuildE
             .into(),
         ),
         message: e.message,
+        within: None,
     })
 }
 

@@ -1,0 +1,171 @@
+//! Expressions in a routes file, as a user writes them: `filter grep` and
+//! `filter record`'s `compute` run by the real `ulog` binary, and mistakes
+//! inside an expression reported by `ulog check` at their line and column.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn ulog() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ulog"))
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs `routes` with `input` on stdin until it ends; returns stderr.
+fn run(dir: &Path, routes: &str, input: &str) -> String {
+    let path = dir.join("routes.conf");
+    std::fs::write(&path, routes).unwrap();
+    let mut child = ulog()
+        .arg("run")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+fn check(dir: &Path, routes: &str) -> (Option<i32>, String) {
+    let path = dir.join("check.conf");
+    std::fs::write(&path, routes).unwrap();
+    let out = ulog().arg("check").arg(&path).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const ROUTES: &str = r#"
+input stdin { tag = "home.h1.battery" }
+
+filter "home.**" grep {
+  regexp  = { state = /^(charging|idle)$/ }
+  exclude = { "$.source.kind" = /^test$/ }
+  if      = `$.household == tag[1] and $.soc_pct < 50`
+}
+
+filter "home.**" record {
+  compute = {
+    kwh   = `round($.soc_pct * $.capacity_kwh / 100)`
+    label = `format("{}:{}", $.household, upper($.state))`
+  }
+  remove = ["capacity_kwh"]
+}
+
+match "home.**" file { path = "kept.jsonl" }
+
+label errors {
+  match "**" file { path = "errors.jsonl" }
+}
+"#;
+
+#[test]
+fn grep_and_computed_fields_keep_and_change_exactly_the_expected_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = [
+        // Kept: h1, charging, below 50.
+        r#"{"n":1,"household":"h1","state":"charging","soc_pct":42,"capacity_kwh":40}"#,
+        // Dropped: above 50.
+        r#"{"n":2,"household":"h1","state":"charging","soc_pct":80,"capacity_kwh":40}"#,
+        // Dropped: another household than the tag's.
+        r#"{"n":3,"household":"h2","state":"charging","soc_pct":10,"capacity_kwh":40}"#,
+        // Dropped: state not matched by the regexp.
+        r#"{"n":4,"household":"h1","state":"driving","soc_pct":10,"capacity_kwh":40}"#,
+        // Dropped: excluded test source.
+        r#"{"n":5,"household":"h1","state":"idle","soc_pct":10,"capacity_kwh":40,"source":{"kind":"test"}}"#,
+        // Rejected to errors: soc_pct is text, `<` cannot compare it.
+        r#"{"n":6,"household":"h1","state":"idle","soc_pct":"low","capacity_kwh":40}"#,
+        // Rejected by `compute`: no capacity (null * number).
+        r#"{"n":7,"household":"h1","state":"idle","soc_pct":20}"#,
+        // Kept.
+        r#"{"n":8,"household":"h1","state":"idle","soc_pct":25,"capacity_kwh":62,"source":{"kind":"car"}}"#,
+    ]
+    .join("\n")
+        + "\n";
+    run(dir.path(), ROUTES, &input);
+
+    let kept = lines(&dir.path().join("kept.jsonl"));
+    let ns: Vec<i64> = kept.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![1, 8], "{kept:?}");
+    assert_eq!(kept[0]["kwh"], 17); // 42 * 40 / 100 = 16.8
+    assert_eq!(kept[0]["label"], "h1:CHARGING");
+    assert_eq!(kept[1]["kwh"], 16); // 25 * 62 / 100 = 15.5
+    assert_eq!(kept[1]["label"], "h1:IDLE");
+    assert!(kept.iter().all(|r| r.get("capacity_kwh").is_none()));
+
+    let errors = lines(&dir.path().join("errors.jsonl"));
+    let ns: Vec<i64> = errors.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![6, 7], "{errors:?}");
+    let reason = |i: usize| errors[i]["_error"].as_str().unwrap().to_string();
+    assert!(reason(0).starts_with("`if`: "), "{}", reason(0));
+    assert!(reason(1).starts_with("compute `kwh`: "), "{}", reason(1));
+    // A rejected event is the event as it came into the filter, unchanged.
+    assert_eq!(errors[1]["soc_pct"], 20);
+    assert!(errors[1].get("label").is_none());
+}
+
+#[test]
+fn check_points_at_the_mistake_inside_a_backtick_expression() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "input stdin { }\nfilter \"**\" grep {\n  if = `$.a == 1 and\n        uper($.name) == \"X\"`\n}\nmatch \"**\" null { }\n";
+    let (code, err) = check(dir.path(), routes);
+    assert_eq!(code, Some(1), "{err}");
+    // `uper` is on line 4, column 9.
+    assert!(err.contains("check.conf:4:9"), "{err}");
+    assert!(err.contains("did you mean `upper`"), "{err}");
+}
+
+#[test]
+fn check_points_at_the_mistake_inside_a_quoted_expression_with_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // In the file: `if = "$.x == \"a\" and $.n < \"3\""`: the expression is
+    // `$.x == "a" and $.n < "3"`, whose type error (a number field compared
+    // to a string is fine, but `"a" < 3` is not) is set up below.
+    let routes = "input stdin { }\nfilter \"**\" grep { if = \"$.x == \\\"a\\\" and \\\"b\\\" < 3\" }\nmatch \"**\" null { }\n";
+    let (code, err) = check(dir.path(), routes);
+    assert_eq!(code, Some(1), "{err}");
+    // The expression starts at column 26; `\"b\"` is at column 43 of the
+    // file (each `\"` takes two columns there, one in the expression).
+    let line = routes.lines().nth(1).unwrap();
+    let col = line.find("\\\"b").unwrap() + 1;
+    assert!(
+        err.contains(&format!("check.conf:2:{col}")),
+        "col {col}: {err}"
+    );
+}
+
+#[test]
+fn check_reports_a_bad_regex_and_an_unterminated_expression() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = check(
+        dir.path(),
+        "input stdin { }\nfilter \"**\" grep { regexp = { msg = /(open/ } }\nmatch \"**\" null { }\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("check.conf:2:37"), "{err}");
+    assert!(err.contains("invalid regex"), "{err}");
+
+    let (code, err) = check(
+        dir.path(),
+        "input stdin { }\nfilter \"**\" grep {\n  if = `$.a == 1\n}\nmatch \"**\" null { }\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("check.conf:3:8"), "{err}");
+    assert!(err.contains("unterminated expression"), "{err}");
+}
