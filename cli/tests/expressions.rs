@@ -169,3 +169,37 @@ fn check_reports_a_bad_regex_and_an_unterminated_expression() {
     assert!(err.contains("check.conf:3:8"), "{err}");
     assert!(err.contains("unterminated expression"), "{err}");
 }
+
+#[test]
+fn throttle_limits_each_household_and_rejects_the_excess_to_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+input stdin { tag = "home.phone" }
+filter "home.**" throttle {
+  key = `$.household`
+  rate = 3
+  interval = 1h
+  excess = "reject"
+}
+match "home.**" file { path = "kept.jsonl" }
+label errors {
+  match "**" file { path = "errors.jsonl" }
+}
+"#;
+    let mut input = String::new();
+    for i in 0..20 {
+        let h = if i % 2 == 0 { "h1" } else { "h2" };
+        input.push_str(&format!("{{\"n\":{i},\"household\":\"{h}\"}}\n"));
+    }
+    run(dir.path(), routes, &input);
+    let kept = lines(&dir.path().join("kept.jsonl"));
+    let ns: Vec<i64> = kept.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    // The first three of each household, in order.
+    assert_eq!(ns, vec![0, 1, 2, 3, 4, 5], "{kept:?}");
+    let errors = lines(&dir.path().join("errors.jsonl"));
+    assert_eq!(errors.len(), 14);
+    assert!(errors.iter().all(|e| e["_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("throttled: key `h")));
+}

@@ -7,6 +7,7 @@
 //! | input  | `dummy`  | quickstart, testing routes, benchmarks           |
 //! | filter | `record` | renaming, setting, computing, removing fields    |
 //! | filter | `grep`   | keeping or dropping events by regex, expression  |
+//! | filter | `throttle` | a rate limit per key (household, tag)          |
 //! | output | `stdout` | trying routes out, debugging                     |
 //! | output | `file`   | local files split by tag and time                |
 //! | output | `null`   | dropping a tag on purpose, measuring             |
@@ -21,6 +22,7 @@ pub mod encode;
 pub mod expression;
 pub mod filter_grep;
 pub mod filter_record;
+pub mod filter_throttle;
 pub mod filter_validate;
 pub mod in_dummy;
 pub mod in_stdin;
@@ -36,6 +38,7 @@ pub fn register(registry: &mut Registry) {
     in_dummy::register(registry);
     filter_record::register(registry);
     filter_grep::register(registry);
+    filter_throttle::register(registry);
     filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);
