@@ -203,3 +203,104 @@ label errors {
         .unwrap()
         .starts_with("throttled: key `h")));
 }
+
+#[test]
+fn rewrite_tag_splits_a_batch_by_new_tag_and_routes_each_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+input stdin { tag = "phone" }
+filter "phone" rewrite_tag {
+  rules = [
+    { key = "event", pattern = /^(enter|exit)$/, tag = "beacon.{household}.$1" },
+    { if = `$.battery_pct < 20`, tag = "alerts.{household}" },
+  ]
+}
+# Re-routed events pass the filters of their new tag.
+filter "beacon.**" record { set = { routed = "{tag}" } }
+match "beacon.*.enter" file { path = "enter.jsonl" }
+match "beacon.*.exit"  file { path = "exit.jsonl" }
+match "alerts.**"      file { path = "alerts.jsonl" }
+match "phone"          file { path = "rest.jsonl" }
+label errors {
+  match "**" file { path = "errors.jsonl" }
+}
+"#;
+    let input = [
+        r#"{"n":1,"household":"h1","event":"enter"}"#,
+        r#"{"n":2,"household":"h2","event":"exit"}"#,
+        r#"{"n":3,"household":"h1","event":"ping","battery_pct":12}"#,
+        r#"{"n":4,"household":"h1","event":"ping","battery_pct":80}"#,
+        r#"{"n":5,"household":"h2","event":"enter"}"#,
+        // A household that cannot be part of a tag.
+        r#"{"n":6,"household":"a b","event":"enter"}"#,
+        // No household for the template.
+        r#"{"n":7,"event":"exit"}"#,
+    ]
+    .join("\n")
+        + "\n";
+    run(dir.path(), routes, &input);
+    let get = |f: &str| -> Vec<(i64, String)> {
+        lines(&dir.path().join(f))
+            .iter()
+            .map(|r| {
+                (
+                    r["n"].as_i64().unwrap(),
+                    r.get("routed")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        get("enter.jsonl"),
+        vec![(1, "beacon.h1.enter".into()), (5, "beacon.h2.enter".into())]
+    );
+    assert_eq!(get("exit.jsonl"), vec![(2, "beacon.h2.exit".into())]);
+    assert_eq!(get("alerts.jsonl"), vec![(3, String::new())]);
+    assert_eq!(get("rest.jsonl"), vec![(4, String::new())]);
+    let errors = lines(&dir.path().join("errors.jsonl"));
+    let ns: Vec<i64> = errors.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![6, 7], "{errors:?}");
+    assert!(errors[0]["_error"]
+        .as_str()
+        .unwrap()
+        .contains("not a valid tag"));
+}
+
+#[test]
+fn a_rewrite_loop_ends_in_errors_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+input stdin { tag = "loop" }
+filter "loop.**" rewrite_tag {
+  rules = [{ key = "n", pattern = /./, tag = "{tag}.again" }]
+}
+match "**" file { path = "out.jsonl" }
+label errors {
+  match "**" file { path = "errors.jsonl" }
+}
+"#;
+    run(dir.path(), routes, "{\"n\":1}\n");
+    assert!(lines(&dir.path().join("out.jsonl")).is_empty());
+    let errors = lines(&dir.path().join("errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]["_error"]
+            .as_str()
+            .unwrap()
+            .contains("rewrite loop"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn check_locates_a_mistake_inside_a_rewrite_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "input stdin { tag = \"p\" }\nfilter \"p\" rewrite_tag {\n  rules = [\n    { key = \"a\", pattern = /x/, tag = \"ok\" },\n    { if = `$.a >`, tag = \"b\" },\n  ]\n}\nmatch \"**\" null { }\n";
+    let (code, err) = check(dir.path(), routes);
+    assert_eq!(code, Some(1), "{err}");
+    // The expression of the second rule ends early: reported on line 5.
+    assert!(err.contains("check.conf:5:"), "{err}");
+}

@@ -115,6 +115,25 @@ pub trait Filter: Send + Sync + 'static {
         rejects: &mut Vec<Rejected>,
     ) -> Result<(), PluginError>;
 
+    /// Like [`Filter::filter`], for filters that move some events to other
+    /// tags (`rewrite_tag`): the batches returned carry new tags and are
+    /// routed again from the top of the flow, each counted against the
+    /// reroute limit like a changed `batch.tag`. A returned batch whose tag
+    /// is the batch's own goes back into it. The default runs
+    /// [`Filter::filter`] and splits nothing off.
+    ///
+    /// # Errors
+    /// As [`Filter::filter`]; the batches split off before the error are
+    /// lost with it, so return them only once nothing can fail.
+    async fn filter_split(
+        &self,
+        batch: &mut Batch,
+        rejects: &mut Vec<Rejected>,
+    ) -> Result<Vec<Batch>, PluginError> {
+        self.filter(batch, rejects).await?;
+        Ok(Vec::new())
+    }
+
     /// Whether each event's result depends only on that event (no state
     /// carried from one event to the next). When true for every filter a
     /// large batch passes through, the engine cuts it into chunks and filters

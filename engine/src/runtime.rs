@@ -250,7 +250,7 @@ impl Emitter {
                 let (b, r) =
                     run_filters(shared.clone(), flow, decision.filters.clone(), batch).await;
                 rejects.extend(r);
-                vec![b]
+                b
             };
             for mut b in results {
                 if b.is_empty() {
@@ -375,12 +375,12 @@ async fn filter_in_parallel(
         .collect();
     let (b, r) = run_filters(shared.clone(), flow, filters.clone(), first).await;
     rejects.extend(r);
-    let mut out = vec![b];
+    let mut out = b;
     for h in handles {
         match h.await {
             Ok((b, r)) => {
                 rejects.extend(r);
-                out.push(b);
+                out.extend(b);
             }
             Err(e) => {
                 // A filter panicked: its chunk is gone. Say so loudly.
@@ -393,46 +393,64 @@ async fn filter_in_parallel(
 }
 
 /// Runs the filters `filters` of `flow` over `batch` in order, stopping
-/// early when one changes the tag (the batch is then routed again).
+/// early when one changes the tag (the batch is then routed again). The
+/// batch comes first in the result, then any a filter split off under other
+/// tags (routed again too).
 async fn run_filters(
     shared: Arc<Shared>,
     flow: usize,
     filters: Arc<[usize]>,
     mut batch: Batch,
-) -> (Batch, Rejects) {
+) -> (Vec<Batch>, Rejects) {
     let mut rejects = Vec::new();
+    let mut split_off = Vec::new();
     for &fi in filters.iter() {
         let node = &shared.flows[flow].filters[fi];
         let tag_before = batch.tag.clone();
         let mut refused = Vec::new();
         NodeMetrics::add(&node.metrics.events_in, batch.len());
-        let result = node.filter.filter(&mut batch, &mut refused).await;
+        let result = node.filter.filter_split(&mut batch, &mut refused).await;
         NodeMetrics::add(&node.metrics.events_failed, refused.len());
         rejects.extend(
             refused
                 .into_iter()
                 .map(|r| (tag_before.clone(), r, node.id.clone())),
         );
-        if let Err(e) = result {
-            let reason = format!("filter failed: {e}");
-            NodeMetrics::add(&node.metrics.events_failed, batch.len());
-            rejects.extend(batch.events.drain(..).map(|event| {
-                (
-                    tag_before.clone(),
-                    Rejected {
-                        event,
-                        reason: reason.clone(),
-                    },
-                    node.id.clone(),
-                )
-            }));
+        match result {
+            Ok(extra) => {
+                for b in extra {
+                    NodeMetrics::add(&node.metrics.events_out, b.len());
+                    if b.tag == batch.tag {
+                        batch.events.extend(b.events);
+                    } else if !b.is_empty() {
+                        split_off.push(b);
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = format!("filter failed: {e}");
+                NodeMetrics::add(&node.metrics.events_failed, batch.len());
+                rejects.extend(batch.events.drain(..).map(|event| {
+                    (
+                        tag_before.clone(),
+                        Rejected {
+                            event,
+                            reason: reason.clone(),
+                        },
+                        node.id.clone(),
+                    )
+                }));
+            }
         }
         NodeMetrics::add(&node.metrics.events_out, batch.len());
         if batch.is_empty() || batch.tag != tag_before {
             break;
         }
     }
-    (batch, rejects)
+    let mut out = Vec::with_capacity(1 + split_off.len());
+    out.push(batch);
+    out.extend(split_off);
+    (out, rejects)
 }
 
 enum OutputKind {

@@ -36,3 +36,26 @@ fn located(param: &str, path: &[&str], e: &CompileError) -> BuildError {
         e.len,
     )
 }
+
+/// The expression that reads `field`: a `$` path as written (`$.a.b`), any
+/// other text as one top-level name (`"a.b"` is a name with a dot in it).
+///
+/// # Errors
+/// A `$` path that is not a valid expression.
+pub fn field_reader(field: &str) -> Result<Expr, CompileError> {
+    if field.starts_with('$') {
+        Expr::compile(field)
+    } else {
+        Expr::compile(&format!("$[{}]", serde_json::Value::String(field.into())))
+    }
+}
+
+/// The text a regex is matched against: strings as they are, numbers,
+/// booleans, lists and maps as their JSON text; `None` for null or missing.
+pub fn match_text(value: ulog_expr::Value) -> Option<String> {
+    match value {
+        ulog_expr::Value::Null => None,
+        ulog_expr::Value::String(s) => Some(s),
+        other => Some(other.into_json().to_string()),
+    }
+}

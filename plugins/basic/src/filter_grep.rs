@@ -31,7 +31,7 @@ use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Filter, ParamKind, ParamSpec, Params,
     PluginError, PluginKind, PluginSpec, Registry, Rejected, Tag, Value,
 };
-use ulog_expr::{Context, Expr, Value as ExprValue};
+use ulog_expr::{Context, Expr};
 
 use crate::expression;
 
@@ -111,11 +111,7 @@ impl FieldMatch {
             .read
             .eval(cx)
             .map_err(|e| format!("field `{}`: {}", self.field, e.message))?;
-        Ok(match value {
-            ExprValue::Null => false,
-            ExprValue::String(s) => self.regex.is_match(&s),
-            other => self.regex.is_match(&other.into_json().to_string()),
-        })
+        Ok(expression::match_text(value).is_some_and(|text| self.regex.is_match(&text)))
     }
 }
 
@@ -161,12 +157,7 @@ fn field_matches(params: &Params, name: &str) -> Result<Vec<FieldMatch>, BuildEr
                     0,
                 )
             })?;
-            let source = if field.starts_with('$') {
-                field.clone()
-            } else {
-                format!("$[{}]", serde_json::Value::String(field.clone()))
-            };
-            let read = Expr::compile(&source).map_err(|e| {
+            let read = expression::field_reader(field).map_err(|e| {
                 BuildError::param(
                     name,
                     format!("field `{field}` is not a field path: {}", e.full_message()),

@@ -8,6 +8,7 @@
 //! | filter | `record` | renaming, setting, computing, removing fields    |
 //! | filter | `grep`   | keeping or dropping events by regex, expression  |
 //! | filter | `throttle` | a rate limit per key (household, tag)          |
+//! | filter | `rewrite_tag` | new tags from fields, routed again          |
 //! | output | `stdout` | trying routes out, debugging                     |
 //! | output | `file`   | local files split by tag and time                |
 //! | output | `null`   | dropping a tag on purpose, measuring             |
@@ -22,6 +23,7 @@ pub mod encode;
 pub mod expression;
 pub mod filter_grep;
 pub mod filter_record;
+pub mod filter_rewrite_tag;
 pub mod filter_throttle;
 pub mod filter_validate;
 pub mod in_dummy;
@@ -39,6 +41,7 @@ pub fn register(registry: &mut Registry) {
     filter_record::register(registry);
     filter_grep::register(registry);
     filter_throttle::register(registry);
+    filter_rewrite_tag::register(registry);
     filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);
