@@ -304,3 +304,40 @@ fn check_locates_a_mistake_inside_a_rewrite_rule() {
     // The expression of the second rule ends early: reported on line 5.
     assert!(err.contains("check.conf:5:"), "{err}");
 }
+
+#[test]
+fn dedupe_passes_each_reading_once_and_rejects_the_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+input stdin { tag = "nissan.battery" }
+filter "nissan.**" dedupe {
+  key = `format("{}:{}", $.vin, $.car_time)`
+  window = 1h
+  duplicates = "reject"
+}
+match "nissan.**" file { path = "kept.jsonl" }
+label errors {
+  match "**" file { path = "errors.jsonl" }
+}
+"#;
+    let input = [
+        r#"{"n":1,"vin":"SJN1","car_time":"2026-12-03T07:00:00Z","soc":60}"#,
+        r#"{"n":2,"vin":"SJN1","car_time":"2026-12-03T07:00:00Z","soc":60}"#,
+        r#"{"n":3,"vin":"SJN2","car_time":"2026-12-03T07:00:00Z","soc":30}"#,
+        r#"{"n":4,"vin":"SJN1","car_time":"2026-12-03T07:30:00Z","soc":58}"#,
+        r#"{"n":5,"vin":"SJN2","car_time":"2026-12-03T07:00:00Z","soc":30}"#,
+    ]
+    .join("\n")
+        + "\n";
+    run(dir.path(), routes, &input);
+    let kept = lines(&dir.path().join("kept.jsonl"));
+    let ns: Vec<i64> = kept.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![1, 3, 4]);
+    let errors = lines(&dir.path().join("errors.jsonl"));
+    let ns: Vec<i64> = errors.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![2, 5]);
+    assert_eq!(
+        errors[0]["_error"],
+        "duplicate: key `SJN1:2026-12-03T07:00:00Z` already seen"
+    );
+}

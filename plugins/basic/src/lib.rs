@@ -9,6 +9,7 @@
 //! | filter | `grep`   | keeping or dropping events by regex, expression  |
 //! | filter | `throttle` | a rate limit per key (household, tag)          |
 //! | filter | `rewrite_tag` | new tags from fields, routed again          |
+//! | filter | `dedupe`   | dropping repeats of a key within a window        |
 //! | output | `stdout` | trying routes out, debugging                     |
 //! | output | `file`   | local files split by tag and time                |
 //! | output | `null`   | dropping a tag on purpose, measuring             |
@@ -21,6 +22,7 @@
 
 pub mod encode;
 pub mod expression;
+pub mod filter_dedupe;
 pub mod filter_grep;
 pub mod filter_record;
 pub mod filter_rewrite_tag;
@@ -42,6 +44,7 @@ pub fn register(registry: &mut Registry) {
     filter_grep::register(registry);
     filter_throttle::register(registry);
     filter_rewrite_tag::register(registry);
+    filter_dedupe::register(registry);
     filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);
