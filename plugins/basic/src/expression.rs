@@ -50,6 +50,16 @@ pub fn field_reader(field: &str) -> Result<Expr, CompileError> {
     }
 }
 
+/// The key `expr` gives for one event, as text: a string as it is,
+/// anything else as its JSON text; `Err` names `what` and the failure.
+pub fn key_text(expr: &Expr, cx: &ulog_expr::Context<'_>, what: &str) -> Result<String, String> {
+    match expr.eval(cx) {
+        Ok(ulog_expr::Value::String(s)) => Ok(s),
+        Ok(other) => Ok(other.into_json().to_string()),
+        Err(e) => Err(format!("{what}: {}", e.message)),
+    }
+}
+
 /// The text a regex is matched against: strings as they are, numbers,
 /// booleans, lists and maps as their JSON text; `None` for null or missing.
 pub fn match_text(value: ulog_expr::Value) -> Option<String> {

@@ -20,7 +20,7 @@ use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Filter, ParamKind, ParamSpec, Params,
     PluginError, PluginKind, PluginSpec, Registry, Rejected, Value,
 };
-use ulog_expr::{Context, Expr, Value as ExprValue};
+use ulog_expr::{Context, Expr};
 
 use crate::expression;
 
@@ -167,11 +167,7 @@ impl DedupeFilter {
                         tag,
                         time: event.time,
                     };
-                    match expr.eval(&cx) {
-                        Ok(ExprValue::String(s)) => Ok(s),
-                        Ok(other) => Ok(other.into_json().to_string()),
-                        Err(e) => Err(format!("dedupe key: {}", e.message)),
-                    }
+                    expression::key_text(expr, &cx, "dedupe key")
                 }
             };
             match key {

@@ -240,7 +240,13 @@ impl RewriteTagFilter {
                     Vec::new()
                 }
             };
-            let map = event.record.to_map();
+            // Only a template that reads fields needs the record parsed.
+            let empty = serde_json::Map::new();
+            let map = if rule.tag.reads_fields() {
+                event.record.to_map()
+            } else {
+                std::borrow::Cow::Borrowed(&empty)
+            };
             let mut text = rule
                 .tag
                 .render(tag.as_str(), &map, "tag")

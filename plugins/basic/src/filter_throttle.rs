@@ -24,7 +24,7 @@ use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, Filter, ParamKind, ParamSpec, Params,
     PluginError, PluginKind, PluginSpec, Registry, Rejected, Value,
 };
-use ulog_expr::{Context, Expr, Value as ExprValue};
+use ulog_expr::{Context, Expr};
 
 use crate::expression;
 
@@ -208,11 +208,7 @@ impl ThrottleFilter {
         let Some(expr) = &self.key else {
             return Ok(cx.tag.as_str().to_string());
         };
-        match expr.eval(cx) {
-            Ok(ExprValue::String(s)) => Ok(s),
-            Ok(other) => Ok(other.into_json().to_string()),
-            Err(e) => Err(format!("throttle key: {}", e.message)),
-        }
+        expression::key_text(expr, cx, "throttle key")
     }
 
     /// Filters `batch` as if it arrived at `now`.
