@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 
 use crate::error::{IoContext, IoOp, WalError};
 use crate::format::{
-    encode_file_header, encode_frame, encode_ranges, ACK_MAGIC, FRAME_HEADER_LEN, KIND_CHUNK,
-    KIND_CONFIRM, RANGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    decode_frame_header, encode_file_header, encode_frame, encode_ranges, ACK_MAGIC,
+    FRAME_HEADER_LEN, KIND_CHUNK, KIND_CONFIRM, RANGE_LEN, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 use crate::metrics::{Counters, WalMetrics};
 use crate::sync::SyncState;
@@ -189,6 +189,10 @@ struct SegmentMeta {
 #[derive(Debug, Clone, Copy)]
 struct Unconfirmed {
     segment: u64,
+    /// Where its frame starts in the segment, and its payload length: what
+    /// [`Wal::read`] needs.
+    offset: u64,
+    len: u32,
     time_ms: u64,
 }
 
@@ -296,6 +300,55 @@ impl Wal {
     /// and the confirmation file is rewritten once the disk has room.
     pub fn confirm(&self, id: ChunkId) -> Result<(), WalError> {
         lock(&self.shared.state).confirm(&self.shared.env, id.get())
+    }
+
+    /// Reads back the payload of an unconfirmed chunk, checksums verified:
+    /// for an output that let go of its in-memory copy (a long outage
+    /// filling the buffer) and needs the chunk again to deliver it.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::UnknownChunk`] if `id` is not waiting for confirmation,
+    /// [`WalError::Corrupt`] if the frame on disk no longer matches its
+    /// checksums, [`WalError::Io`] if reading fails.
+    pub fn read(&self, id: ChunkId) -> Result<Vec<u8>, WalError> {
+        let (file, path, at) = {
+            let st = lock(&self.shared.state);
+            let u = *st
+                .unconfirmed
+                .get(&id.get())
+                .ok_or(WalError::UnknownChunk(id))?;
+            let seg = st
+                .segments
+                .get(&u.segment)
+                .ok_or(WalError::UnknownChunk(id))?;
+            let file = if u.segment == st.active_no {
+                Ok(Arc::clone(&st.active_file))
+            } else {
+                File::open(&seg.path).map(Arc::new)
+            };
+            let file = file.map_err(|e| WalError::io(IoOp::Open, seg.path.clone(), e))?;
+            (file, seg.path.clone(), u)
+        };
+        let mut frame = vec![0u8; FRAME_HEADER_LEN + at.len as usize];
+        file.read_exact_at(&mut frame, at.offset)
+            .map_err(|e| WalError::io(IoOp::Read, path.clone(), e))?;
+        let payload = frame.split_off(FRAME_HEADER_LEN);
+        let intact = decode_frame_header(&frame).is_some_and(|h| {
+            h.kind == KIND_CHUNK
+                && h.id == id.get()
+                && h.len == at.len
+                && h.payload_crc == crc32fast::hash(&payload)
+        });
+        if !intact {
+            Counters::add(&self.shared.env.counters.corrupt_frames, 1);
+            return Err(WalError::Corrupt {
+                path,
+                offset: at.offset,
+                id,
+            });
+        }
+        Ok(payload)
     }
 
     /// Makes everything appended and confirmed so far durable, now.
@@ -473,6 +526,8 @@ impl Shared {
             id,
             Unconfirmed {
                 segment: active_no,
+                offset: at,
+                len: len as u32,
                 time_ms,
             },
         );

@@ -194,6 +194,19 @@ fn run(
         Ok(c) => c.pipeline,
         Err(code) => return Ok(code),
     };
+    match pipeline.open_buffers() {
+        Ok(opened) => {
+            for (output, chunks, bytes) in opened.into_iter().filter(|o| o.1 > 0) {
+                info!(output = %output, chunks, bytes, "file buffer holds chunks from the last run; they are delivered first");
+            }
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ulog")
@@ -230,6 +243,7 @@ fn run(
         rejected = m.rejected,
         dropped = m.dropped,
         lost = report.lost,
+        left_in_file_buffers = report.left_buffered,
         "ulog stopped"
     );
     for n in &m.nodes {

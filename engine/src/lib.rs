@@ -7,6 +7,7 @@
 //! one).
 #![deny(missing_docs)]
 
+pub mod buffer;
 pub mod event;
 pub mod graph;
 pub mod json;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::params::{BuildError, ParamKind, ParamSpec, Params, PluginKind, PluginSpec};
+use crate::params::{BuildError, ParamKind, ParamSpec, Params, PluginKind, PluginSpec, Value};
 use crate::plugin::{Filter, Input, Output};
 
 /// What a factory knows besides its parameters.
@@ -133,6 +133,22 @@ impl Registry {
                     0,
                     "Attempts before a batch goes to the `errors` label; 0 retries until ulog stops.",
                 ));
+                spec.params.push(ParamSpec::optional(
+                    "retry_timeout",
+                    ParamKind::Duration,
+                    "Longest time to keep retrying a batch; then it goes to `secondary` or the `errors` label (unset: no limit).",
+                ));
+                spec.params.push(ParamSpec::optional(
+                    "secondary",
+                    ParamKind::Str,
+                    "Id of another output that takes the events this one gave up on (after `retry_max_attempts` or `retry_timeout`); without it they go to the `errors` label.",
+                ));
+                spec.params.push(ParamSpec::with_default(
+                    "buffer",
+                    ParamKind::Map,
+                    Value::Map(Vec::new()),
+                    "Where events wait for this output: `{ type = \"memory\" }` (default) or `{ type = \"file\", path = \"...\" }`, which survives a crash; keys in docs/buffer.md.",
+                ));
                 spec.params.push(ParamSpec::with_default(
                     "queue_batches",
                     ParamKind::Int,
@@ -238,6 +254,7 @@ pub(crate) struct DeliverySettings {
     pub retry_wait: Duration,
     pub retry_max_wait: Duration,
     pub retry_max_attempts: u64,
+    pub retry_timeout: Option<Duration>,
     pub queue_batches: usize,
 }
 
@@ -253,6 +270,7 @@ impl DeliverySettings {
             retry_max_wait: p.duration("retry_max_wait")?,
             retry_max_attempts: u64::try_from(attempts)
                 .map_err(|_| BuildError::param("retry_max_attempts", "must not be negative"))?,
+            retry_timeout: p.opt_duration("retry_timeout")?.filter(|d| !d.is_zero()),
             queue_batches: queue as usize,
         })
     }

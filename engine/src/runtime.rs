@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::buffer::{BufferConfig, FileQueue};
 use crate::event::{Batch, SharedBatch};
 use crate::metrics::{Metrics, MetricsSnapshot, NodeMetrics};
 use crate::params::{PluginKind, Value};
@@ -37,10 +38,52 @@ const MAX_REROUTES: usize = 8;
 /// Tags each emitter remembers decisions for.
 const ROUTE_CACHE_TAGS: usize = 4096;
 
-/// The pipeline is stopping and no longer accepts events.
+/// Why a batch was not accepted. The caller still owns the events: it
+/// must not acknowledge them (an HTTP input answers 503, a forward input
+/// withholds its ack, a tail input does not commit its position).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the pipeline is shutting down; events were not accepted")]
-pub struct EmitError;
+#[non_exhaustive]
+pub enum EmitError {
+    /// The pipeline is stopping and no longer accepts events.
+    #[error("the pipeline is shutting down; events were not accepted")]
+    ShuttingDown,
+    /// An output's buffer is full and its `overflow` is `reject`.
+    #[error("the buffer of output `{output}` is full ({detail}); events were not accepted, try again later")]
+    BufferFull {
+        /// The output.
+        output: Arc<str>,
+        /// What is full.
+        detail: String,
+    },
+    /// An output's buffer cannot store events (its disk fails).
+    #[error(
+        "the buffer of output `{output}` cannot store events ({detail}); events were not accepted"
+    )]
+    BufferFailed {
+        /// The output.
+        output: Arc<str>,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl EmitError {
+    /// Whether ulog is stopping (as opposed to being full for now).
+    pub fn is_shutting_down(&self) -> bool {
+        matches!(self, EmitError::ShuttingDown)
+    }
+
+    /// How long a client should wait before sending again, when waiting may
+    /// help (HTTP `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EmitError::ShuttingDown => None,
+            EmitError::BufferFull { .. } | EmitError::BufferFailed { .. } => {
+                Some(Duration::from_secs(1))
+            }
+        }
+    }
+}
 
 struct FilterNode {
     id: Arc<str>,
@@ -64,7 +107,40 @@ enum OutMsg {
 struct OutputSlot {
     id: Arc<str>,
     tx: mpsc::Sender<OutMsg>,
+    /// Set for a file-buffered output: batches go here, not to `tx`.
+    file: Option<Arc<FileQueue>>,
+    /// A memory queue that refuses instead of waiting when full.
+    reject_when_full: bool,
     metrics: Arc<NodeMetrics>,
+}
+
+impl OutputSlot {
+    /// Hands one batch to this output's buffer: returns once the buffer
+    /// holds it (for a file buffer: once it is durable as configured).
+    async fn push(&self, batch: &SharedBatch) -> Result<(), EmitError> {
+        let n = batch.len();
+        NodeMetrics::add(&self.metrics.queued, n);
+        let result = match &self.file {
+            Some(q) => q.push(batch).await.map(|_| ()),
+            None if self.reject_when_full => match self.tx.try_send(OutMsg::Batch(batch.clone())) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(EmitError::BufferFull {
+                    output: self.id.clone(),
+                    detail: "its memory queue holds `queue_batches` batches".into(),
+                }),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(EmitError::ShuttingDown),
+            },
+            None => self
+                .tx
+                .send(OutMsg::Batch(batch.clone()))
+                .await
+                .map_err(|_| EmitError::ShuttingDown),
+        };
+        if result.is_err() {
+            NodeMetrics::sub(&self.metrics.queued, n);
+        }
+        result
+    }
 }
 
 struct Shared {
@@ -103,13 +179,17 @@ impl Clone for Emitter {
 
 impl Emitter {
     /// Routes `batch` through the filters and hands it to its outputs'
-    /// queues. Returns once every output queue has taken it: that is when an
-    /// input may acknowledge the events to its sender. Waits while a queue is
-    /// full (backpressure).
+    /// buffers. Returns once every output's buffer holds it — for a file
+    /// buffer, once it is on disk as its `sync` promises: that is when an
+    /// input may acknowledge the events to its sender. Waits while a buffer
+    /// is full and its `overflow` is `block` (backpressure).
     ///
     /// # Errors
-    /// [`EmitError`] when the pipeline is shutting down and an output no longer
-    /// accepts events; the caller still owns the responsibility for them.
+    /// [`EmitError`] when the pipeline is shutting down, or a buffer is full
+    /// (`overflow = "reject"`) or failing; the caller still owns the
+    /// responsibility for the events. Outputs that took the batch before one
+    /// refused it keep it, so a sender that retries may deliver some events
+    /// twice (with the same ids when the source gives them).
     pub async fn emit(&mut self, mut batch: Batch) -> Result<(), EmitError> {
         if batch.is_empty() {
             return Ok(());
@@ -302,20 +382,9 @@ impl Emitter {
                 }
             }
             Some(outputs) => {
-                let n = batch.len();
                 let shared_batch = Arc::new(batch);
                 for &o in outputs.iter() {
-                    let slot = &shared.outputs[o];
-                    NodeMetrics::add(&slot.metrics.queued, n);
-                    if slot
-                        .tx
-                        .send(OutMsg::Batch(shared_batch.clone()))
-                        .await
-                        .is_err()
-                    {
-                        NodeMetrics::sub(&slot.metrics.queued, n);
-                        return Err(EmitError);
-                    }
+                    shared.outputs[o].push(&shared_batch).await?;
                 }
             }
         }
@@ -458,12 +527,91 @@ enum OutputKind {
     Relabel(usize),
 }
 
+/// Where an output task takes its batches from.
+enum Source {
+    Memory(mpsc::Receiver<OutMsg>),
+    File(Arc<FileQueue>),
+}
+
 struct BuiltOutput {
     id: Arc<str>,
     kind: OutputKind,
     settings: DeliverySettings,
-    rx: mpsc::Receiver<OutMsg>,
+    source: Source,
     flow: usize,
+    /// The `secondary` output's id, resolved once every output is built.
+    secondary: Option<String>,
+    /// Where it is in the routes file.
+    site: Site,
+    secondary_index: Option<usize>,
+}
+
+/// Resolves every output's `secondary` id to its index, refusing unknown
+/// ids and chains that lead back to where they started.
+fn resolve_secondaries(outputs: &[BuiltOutput]) -> Result<Vec<Option<usize>>, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut resolved = vec![None; outputs.len()];
+    for (i, o) in outputs.iter().enumerate() {
+        let Some(name) = &o.secondary else { continue };
+        match outputs.iter().position(|t| &*t.id == name.as_str()) {
+            Some(j) if j == i => errors.push(
+                SpecError::error(
+                    o.site,
+                    Focus::Param("secondary".into()),
+                    "an output cannot be its own secondary",
+                )
+                .code("E-secondary"),
+            ),
+            Some(j) => resolved[i] = Some(j),
+            None => {
+                let hint = crate::suggest::closest(name, outputs.iter().map(|t| &*t.id));
+                errors.push(
+                    SpecError::error(
+                        o.site,
+                        Focus::Param("secondary".into()),
+                        format!(
+                            "no output with id `{name}`{}",
+                            hint.map(|h| format!("; did you mean `{h}`?"))
+                                .unwrap_or_default()
+                        ),
+                    )
+                    .code("E-secondary"),
+                );
+            }
+        }
+    }
+    for start in 0..outputs.len() {
+        let mut seen = vec![start];
+        let mut cur = start;
+        while let Some(next) = resolved[cur] {
+            if next == start {
+                let names: Vec<&str> = seen.iter().map(|&k| &*outputs[k].id).collect();
+                errors.push(
+                    SpecError::error(
+                        outputs[start].site,
+                        Focus::Param("secondary".into()),
+                        format!(
+                            "secondary outputs form a loop: {} → {}",
+                            names.join(" → "),
+                            names[0]
+                        ),
+                    )
+                    .code("E-secondary"),
+                );
+                break;
+            }
+            if seen.contains(&next) {
+                break;
+            }
+            seen.push(next);
+            cur = next;
+        }
+    }
+    if errors.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(errors)
+    }
 }
 
 struct BuiltInput {
@@ -817,19 +965,48 @@ impl Pipeline {
                         relabel_targets.push((idx, target));
                     }
                     let id: Arc<str> = id.into();
+                    let buffer = match BufferConfig::from_params(&params, &b.ctx(&id)) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            b.errors.push(SpecError::error(site, e.focus(), e.message));
+                            continue;
+                        }
+                    };
+                    let secondary = params
+                        .opt_str("secondary")
+                        .ok()
+                        .flatten()
+                        .map(str::to_string);
                     let node_metrics = metrics.node(&id, PluginKind::Output);
                     let (tx, rx) = mpsc::channel(settings.queue_batches);
+                    let (file, reject_when_full) = match buffer {
+                        BufferConfig::Memory { overflow } => {
+                            (None, overflow == crate::buffer::Overflow::Reject)
+                        }
+                        BufferConfig::File(config) => {
+                            (Some(Arc::new(FileQueue::new(id.clone(), config))), false)
+                        }
+                    };
+                    let source = match &file {
+                        Some(q) => Source::File(q.clone()),
+                        None => Source::Memory(rx),
+                    };
                     senders.push(OutputSlot {
                         id: id.clone(),
                         tx,
+                        file,
+                        reject_when_full,
                         metrics: node_metrics,
                     });
                     outputs.push(BuiltOutput {
                         id,
                         kind,
                         settings,
-                        rx,
+                        source,
                         flow: flow_idx,
+                        secondary,
+                        site,
+                        secondary_index: None,
                     });
                     outs.push(idx);
                 }
@@ -859,6 +1036,36 @@ impl Pipeline {
             });
         }
 
+        // `secondary` names another output by id.
+        let secondaries = resolve_secondaries(&outputs);
+        let secondaries = match secondaries {
+            Ok(s) => s,
+            Err(mut e) => {
+                b.errors.append(&mut e);
+                Vec::new()
+            }
+        };
+        // Two file buffers in one directory would fight over its lock.
+        let mut dirs: HashMap<&std::path::Path, &str> = HashMap::new();
+        for slot in &senders {
+            if let Some(q) = &slot.file {
+                if let Some(other) = dirs.insert(&q.config.dir, &slot.id) {
+                    b.errors.push(
+                        SpecError::error(
+                            Site::Pipeline,
+                            Focus::Block,
+                            format!(
+                                "outputs `{other}` and `{}` both keep their file buffer in {}; give each its own `path`",
+                                slot.id,
+                                q.config.dir.display()
+                            ),
+                        )
+                        .code("E-buffer"),
+                    );
+                }
+            }
+        }
+
         if !b.errors.is_empty() {
             return Err(b.errors);
         }
@@ -883,6 +1090,11 @@ impl Pipeline {
                 }
             }
         }
+        for (from, to) in secondaries.iter().enumerate() {
+            if let Some(to) = *to {
+                feeds.push((from, to));
+            }
+        }
         let close_order = match topo_order(outputs.len(), &feeds) {
             Ok(order) => order,
             Err(cycle) => {
@@ -900,6 +1112,9 @@ impl Pipeline {
             }
         };
 
+        for (o, sec) in outputs.iter_mut().zip(&secondaries) {
+            o.secondary_index = *sec;
+        }
         let shared = Arc::new(Shared {
             flows,
             outputs: senders,
@@ -926,6 +1141,32 @@ impl Pipeline {
         &self.warnings
     }
 
+    /// Opens every file buffer now, so that `ulog run` can refuse to start
+    /// with a clear error (a directory it cannot write, a buffer another ulog
+    /// holds) instead of refusing events later. Returns, per file-buffered
+    /// output, its id and the chunks and bytes left from the last run that it
+    /// will deliver first. [`Pipeline::start`] opens any not opened yet.
+    ///
+    /// # Errors
+    /// One message per buffer that cannot be opened.
+    pub fn open_buffers(&self) -> Result<Vec<(String, usize, u64)>, Vec<String>> {
+        let mut opened = Vec::new();
+        let mut errors = Vec::new();
+        for slot in &self.shared.outputs {
+            if let Some(q) = &slot.file {
+                match q.open() {
+                    Ok((chunks, bytes)) => opened.push((slot.id.to_string(), chunks, bytes)),
+                    Err(e) => errors.push(format!("output `{}`: {e}", slot.id)),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(opened)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Starts every node on the current Tokio runtime.
     pub fn start(self) -> Running {
         let shutdown = CancellationToken::new();
@@ -937,36 +1178,36 @@ impl Pipeline {
             source,
         };
 
+        for slot in &shared.outputs {
+            if let Some(q) = &slot.file {
+                if let Err(e) = q.open() {
+                    error!(output = %slot.id, error = %e, "the output's buffer cannot be opened: events for it are refused");
+                    slot.metrics.set_failure(e);
+                }
+            }
+        }
         let mut output_tasks = Vec::new();
         for (idx, o) in self.outputs.into_iter().enumerate() {
             let errors = ErrorsRoute {
                 emitter: emitter_for(o.flow, None),
                 from_flow: o.flow,
+                secondary: o.secondary_index,
             };
             let metrics = shared.outputs[idx].metrics.clone();
-            let task = match o.kind {
-                OutputKind::Plugin(output) => tokio::spawn(run_output(
-                    o.id.clone(),
-                    output,
-                    o.rx,
-                    o.settings,
-                    errors,
-                    metrics,
-                )),
-                OutputKind::Relabel(flow) => {
-                    let relabel = Box::new(RelabelOutput {
-                        emitter: emitter_for(flow, None),
-                    });
-                    tokio::spawn(run_output(
-                        o.id.clone(),
-                        relabel,
-                        o.rx,
-                        o.settings,
-                        errors,
-                        metrics,
-                    ))
-                }
+            let output: Box<dyn Output> = match o.kind {
+                OutputKind::Plugin(output) => output,
+                OutputKind::Relabel(flow) => Box::new(RelabelOutput {
+                    emitter: emitter_for(flow, None),
+                }),
             };
+            let task = tokio::spawn(run_output(
+                o.id.clone(),
+                output,
+                o.source,
+                o.settings,
+                errors,
+                metrics,
+            ));
             output_tasks.push(Some(task));
         }
 
@@ -1060,8 +1301,10 @@ fn topo_order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usiz
 pub struct RunReport {
     /// Counters at the end.
     pub metrics: MetricsSnapshot,
-    /// Events still queued when the shutdown timeout ran out.
+    /// Events still queued in memory when the shutdown timeout ran out.
     pub lost: u64,
+    /// Events left in file buffers, delivered after the next start.
+    pub left_buffered: u64,
 }
 
 /// A started pipeline.
@@ -1148,15 +1391,40 @@ async fn supervise(
         }
     }
     let mut lost = 0;
+    let mut left_buffered = 0;
     for idx in close_order {
         let slot = &shared.outputs[idx];
         let Some(mut task) = outputs[idx].take() else {
             continue;
         };
-        let closed = tokio::time::timeout_at(deadline, slot.tx.send(OutMsg::Close)).await;
-        let finished = closed.is_ok() && tokio::time::timeout_at(deadline, &mut task).await.is_ok();
+        let closed = match &slot.file {
+            Some(q) => {
+                q.close();
+                true
+            }
+            None => tokio::time::timeout_at(deadline, slot.tx.send(OutMsg::Close))
+                .await
+                .is_ok(),
+        };
+        let finished = closed && tokio::time::timeout_at(deadline, &mut task).await.is_ok();
         if !finished {
             task.abort();
+            let _ = task.await;
+        }
+        if let Some(q) = &slot.file {
+            let (chunks, _) = q.queued();
+            let events = slot
+                .metrics
+                .queued
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if chunks > 0 {
+                left_buffered += events;
+                info!(output = %slot.id, chunks, events, dir = %q.config.dir.display(), "left in the file buffer for the next start");
+            }
+            if let Err(e) = q.release() {
+                error!(output = %slot.id, error = %e, "final sync of the file buffer failed");
+            }
+        } else if !finished {
             let queued = slot
                 .metrics
                 .queued
@@ -1166,14 +1434,20 @@ async fn supervise(
         }
     }
     let metrics = shared.metrics.snapshot();
-    RunReport { metrics, lost }
+    RunReport {
+        metrics,
+        lost,
+        left_buffered,
+    }
 }
 
-/// Where an output sends the events it rejects: the `errors` label, unless the
-/// output is itself inside it.
+/// Where an output sends the events it could not deliver: its `secondary`
+/// output if it has one (for events it gave up retrying), and the `errors`
+/// label (unless the output is itself inside it).
 struct ErrorsRoute {
     emitter: Emitter,
     from_flow: usize,
+    secondary: Option<usize>,
 }
 
 struct RelabelOutput {
@@ -1190,44 +1464,116 @@ impl Output for RelabelOutput {
     }
 }
 
+/// One batch from an output's buffer, with the chunks to confirm once it is
+/// dealt with (file buffers).
+struct Work {
+    batch: SharedBatch,
+    chunks: Vec<ulog_buffer::ChunkId>,
+    /// Events of it counted in the `queued` metric.
+    counted: usize,
+}
+
+impl Source {
+    /// The next batch; `None` when the output is to stop.
+    async fn next(&mut self) -> Option<Work> {
+        match self {
+            Source::Memory(rx) => match rx.recv().await {
+                None | Some(OutMsg::Close) => None,
+                Some(OutMsg::Batch(batch)) => Some(Work {
+                    counted: batch.len(),
+                    batch,
+                    chunks: Vec::new(),
+                }),
+            },
+            Source::File(q) => q.next().await.map(|t| Work {
+                batch: t.batch,
+                chunks: t.chunks,
+                counted: t.counted,
+            }),
+        }
+    }
+}
+
 async fn run_output(
     id: Arc<str>,
     mut output: Box<dyn Output>,
-    mut rx: mpsc::Receiver<OutMsg>,
+    mut source: Source,
     settings: DeliverySettings,
     mut errors: ErrorsRoute,
     metrics: Arc<NodeMetrics>,
 ) {
+    let queue = match &source {
+        Source::File(q) => Some(q.clone()),
+        Source::Memory(_) => None,
+    };
+    // An output that buffers internally (it has a flush interval) has its
+    // chunks confirmed only after the flush that writes them out.
+    let buffers_internally = output.flush_interval().is_some();
+    let mut unflushed: Vec<ulog_buffer::ChunkId> = Vec::new();
+    let mut unflushed_events = 0usize;
     let mut ticker = output.flush_interval().map(|d| {
         let mut t = tokio::time::interval(d.max(Duration::from_millis(1)));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
     loop {
-        let msg = match &mut ticker {
+        let work = match &mut ticker {
             Some(t) => tokio::select! {
-                m = rx.recv() => m,
+                w = source.next() => w,
                 _ = t.tick() => {
-                    if let Err(e) = output.flush().await {
-                        warn!(output = %id, error = %e, "flush failed");
+                    match output.flush().await {
+                        Ok(()) => {
+                            if let Some(q) = &queue {
+                                q.confirm(&unflushed);
+                            }
+                            unflushed.clear();
+                            NodeMetrics::sub(&metrics.queued, unflushed_events);
+                            unflushed_events = 0;
+                        }
+                        Err(e) => warn!(output = %id, error = %e, "flush failed"),
                     }
                     continue;
                 }
             },
-            None => rx.recv().await,
+            None => source.next().await,
         };
-        match msg {
-            None | Some(OutMsg::Close) => break,
-            Some(OutMsg::Batch(batch)) => {
-                let n = batch.len();
-                NodeMetrics::add(&metrics.events_in, n);
-                deliver(&id, &mut *output, batch, &settings, &mut errors, &metrics).await;
+        let Some(work) = work else { break };
+        NodeMetrics::add(&metrics.events_in, work.batch.len());
+        let n = work.counted;
+        let outcome = deliver(
+            &id,
+            &mut *output,
+            work.batch,
+            &settings,
+            &mut errors,
+            &metrics,
+            queue.as_deref(),
+        )
+        .await;
+        match outcome {
+            Outcome::Done if buffers_internally && queue.is_some() => {
+                unflushed.extend(work.chunks);
+                unflushed_events += n;
+            }
+            Outcome::Done => {
+                if let Some(q) = &queue {
+                    q.confirm(&work.chunks);
+                }
                 NodeMetrics::sub(&metrics.queued, n);
             }
+            // Stopping while the destination is failing: the chunks stay in
+            // the file buffer and are delivered after the next start.
+            Outcome::LeftInBuffer => break,
         }
     }
-    if let Err(e) = output.flush().await {
-        error!(output = %id, error = %e, "final flush failed");
+    match output.flush().await {
+        Ok(()) => {
+            if let Some(q) = &queue {
+                q.confirm(&unflushed);
+            }
+            NodeMetrics::sub(&metrics.queued, unflushed_events);
+        }
+        Err(e) => error!(output = %id, error = %e, "final flush failed"),
     }
     if let Err(e) = output.shutdown().await {
         error!(output = %id, error = %e, "shutdown failed");
@@ -1240,6 +1586,15 @@ type Failed = (usize, String);
 /// Events to retry: their indices and the last reason.
 type RetryItems = (Vec<usize>, String);
 
+/// How [`deliver`] ended.
+enum Outcome {
+    /// Every event was written, or sent to `errors` or the secondary.
+    Done,
+    /// ulog is stopping and the destination still fails: the batch stays in
+    /// the file buffer.
+    LeftInBuffer,
+}
+
 async fn deliver(
     id: &Arc<str>,
     output: &mut dyn Output,
@@ -1247,17 +1602,19 @@ async fn deliver(
     settings: &DeliverySettings,
     errors: &mut ErrorsRoute,
     metrics: &NodeMetrics,
-) {
+    file: Option<&FileQueue>,
+) -> Outcome {
     let mut current = batch;
     let mut attempt: u64 = 0;
     let mut wait = settings.retry_wait;
+    let started = tokio::time::Instant::now();
     loop {
         attempt += 1;
         let outcome = output.write(&current).await;
         let (failed, retry): (Vec<Failed>, Option<RetryItems>) = match outcome {
             Delivery::Delivered => {
                 NodeMetrics::add(&metrics.events_out, current.len());
-                return;
+                return Outcome::Done;
             }
             Delivery::Rejected(e) => (
                 (0..current.len()).map(|i| (i, e.to_string())).collect(),
@@ -1288,19 +1645,56 @@ async fn deliver(
             }
         };
         let mut failed = failed;
+        let mut gave_up = Vec::new();
         let mut next = None;
         if let Some((indices, reason)) = retry {
-            if settings.retry_max_attempts > 0 && attempt >= settings.retry_max_attempts {
-                warn!(output = %id, attempts = attempt, error = %reason, events = indices.len(), "giving up on a batch after its last retry");
-                failed.extend(
-                    indices
-                        .into_iter()
-                        .map(|i| (i, format!("gave up after {attempt} attempts: {reason}"))),
-                );
+            let out_of_attempts =
+                settings.retry_max_attempts > 0 && attempt >= settings.retry_max_attempts;
+            let out_of_time = settings
+                .retry_timeout
+                .is_some_and(|t| started.elapsed() + wait > t);
+            if out_of_attempts || out_of_time {
+                let why = if out_of_attempts {
+                    format!("gave up after {attempt} attempts: {reason}")
+                } else {
+                    format!(
+                        "gave up after retrying for {:?} ({attempt} attempts): {reason}",
+                        started.elapsed()
+                    )
+                };
+                warn!(output = %id, attempts = attempt, error = %reason, events = indices.len(), secondary = errors.secondary.is_some(), "giving up on a batch after its last retry");
+                gave_up = indices.into_iter().map(|i| (i, why.clone())).collect();
+            } else if file.is_some_and(FileQueue::is_closed) {
+                // Already written events of a partial batch may be written
+                // again after the restart: at least once.
+                warn!(output = %id, events = indices.len(), error = %reason, "stopping while the destination fails; the batch stays in the file buffer");
+                return Outcome::LeftInBuffer;
             } else {
                 warn!(output = %id, attempt, error = %reason, retry_in = ?wait, events = indices.len(), "write failed; will retry");
                 NodeMetrics::add(&metrics.retries, 1);
                 next = Some(indices);
+            }
+        }
+        if !gave_up.is_empty() {
+            match errors.secondary {
+                Some(sec) => {
+                    let events = gave_up
+                        .iter()
+                        .map(|&(i, _)| current.events[i].clone())
+                        .collect();
+                    let batch = Arc::new(Batch::new(current.tag.clone(), events));
+                    let slot = &errors.emitter.shared.outputs[sec];
+                    match slot.push(&batch).await {
+                        Ok(()) => {
+                            info!(output = %id, secondary = %slot.id, events = batch.len(), "handed to the secondary output")
+                        }
+                        Err(e) => {
+                            warn!(output = %id, secondary = %slot.id, error = %e, "the secondary output refused the batch; sending it to errors");
+                            failed.append(&mut gave_up);
+                        }
+                    }
+                }
+                None => failed.append(&mut gave_up),
             }
         }
         if !failed.is_empty() {
@@ -1318,21 +1712,40 @@ async fn deliver(
                     )
                 })
                 .collect();
-            if errors
+            if let Err(e) = errors
                 .emitter
                 .send_to_errors(rejects, errors.from_flow)
                 .await
-                .is_err()
             {
-                error!(output = %id, "could not hand rejected events to the errors label: shutting down");
+                error!(output = %id, error = %e, "could not hand rejected events to the errors label");
+                if file.is_some() {
+                    return Outcome::LeftInBuffer;
+                }
             }
         }
-        let Some(indices) = next else { return };
+        let Some(indices) = next else {
+            return Outcome::Done;
+        };
         if indices.len() != current.len() {
             let events = indices.iter().map(|&i| current.events[i].clone()).collect();
             current = Arc::new(Batch::new(current.tag.clone(), events));
         }
-        tokio::time::sleep(wait).await;
+        match file {
+            // Wake early when ulog stops: the batch is safe on disk.
+            Some(q) => {
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                            if q.is_closed() { break; }
+                        }
+                    }
+                }
+            }
+            None => tokio::time::sleep(wait).await,
+        }
         wait = (wait * 2).min(settings.retry_max_wait);
     }
 }

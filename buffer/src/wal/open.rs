@@ -120,6 +120,8 @@ impl Wal {
                     frame.id,
                     Unconfirmed {
                         segment: *no,
+                        offset: frame.offset,
+                        len: frame.len,
                         time_ms: frame.time_ms,
                     },
                 );

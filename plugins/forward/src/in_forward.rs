@@ -598,8 +598,8 @@ async fn serve(
         }
         for (tag, events) in groups {
             let n = events.len();
-            if emitter.emit(Batch::new(tag, events)).await.is_err() {
-                warn!(input = %id, peer = %peer, events = n, "ulog is stopping: events not accepted and not acknowledged; the sender keeps them if it waits for acks");
+            if let Err(e) = emitter.emit(Batch::new(tag, events)).await {
+                warn!(input = %id, peer = %peer, events = n, error = %e, "events not accepted and not acknowledged; the connection is closed so a sender that waits for acks sends them again");
                 return;
             }
         }

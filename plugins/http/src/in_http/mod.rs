@@ -411,11 +411,17 @@ impl Connection {
         match result {
             Ok(()) => reply(StatusCode::OK, ""),
             Err(e) => {
+                // Nothing of the request is acknowledged: the client keeps
+                // the events and sends them again (after `Retry-After`).
                 warn!(peer = %self.peer, events = n, "refused a request: {e}");
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting down; events not accepted",
-                )
+                let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                if let Some(after) = e.retry_after() {
+                    r.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(after.as_secs().max(1)),
+                    );
+                }
+                r
             }
         }
     }
