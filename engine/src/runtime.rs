@@ -214,6 +214,14 @@ impl Emitter {
         Ok(())
     }
 
+    /// Whether events handed to [`Emitter::reject`] reach an `errors` label
+    /// (rather than being logged and counted as dropped): an input that can
+    /// refuse data to its sender instead (withhold an ack) does so when this
+    /// is false.
+    pub fn has_errors_label(&self) -> bool {
+        self.shared.errors_flow.is_some_and(|f| f != self.flow)
+    }
+
     /// Hands events an input could not make sense of (a line that does not
     /// parse, say) to the `errors` label, each with its reason; without an
     /// `errors` label they are logged and counted as dropped. `node` names the

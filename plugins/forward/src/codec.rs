@@ -127,8 +127,9 @@ pub enum DecodeError {
     #[error("invalid event in a forward frame: {0}")]
     InvalidEvent(String),
     /// The frame is well formed but its tag is not acceptable; the frame was
-    /// consumed and the stream can go on. Its events are dropped.
-    #[error("forward frame with invalid tag {tag:?} ({error}); its {events} events are dropped")]
+    /// consumed and the stream can go on. Its events are in `decoded`, for
+    /// the `errors` label.
+    #[error("forward frame with invalid tag {tag:?} ({error}); its {events} events are refused")]
     BadTag {
         /// The tag as sent (lossy UTF-8).
         tag: String,
@@ -138,6 +139,8 @@ pub enum DecodeError {
         events: usize,
         /// The frame's `chunk` option, so the sender can still be answered.
         chunk: Option<String>,
+        /// The frame's events, decoded.
+        decoded: Vec<Event>,
     },
 }
 
@@ -374,6 +377,7 @@ impl FrameDecoder {
                     error,
                     events: events.len() + skipped,
                     chunk: option.chunk,
+                    decoded: events,
                 })
             }
         };

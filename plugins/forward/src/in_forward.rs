@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use ulog_engine::{
     async_trait, Batch, BuildContext, BuildError, CancellationToken, Emitter, Input, InputContext,
-    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Value,
+    ParamKind, ParamSpec, Params, PluginError, PluginKind, PluginSpec, Tag, Value,
 };
 
 use crate::codec::{encode_ack, push_grouped, DecodeError, FrameDecoder, Limits};
@@ -583,12 +583,43 @@ async fn serve(
                     chunks.extend(frame.chunk);
                 }
                 Ok(None) => break,
+                Err(DecodeError::BadTag {
+                    tag,
+                    error,
+                    chunk,
+                    decoded,
+                    ..
+                }) => {
+                    // Resending would fail the same way: the events go to the
+                    // `errors` label with the tag they were sent with, and
+                    // the frame is acknowledged once they are there. Without
+                    // an `errors` label they would be dropped, so the frame
+                    // is not acknowledged: the sender keeps it.
+                    let n = decoded.len();
+                    if !emitter.has_errors_label() {
+                        error!(input = %id, peer = %peer, tag = %tag, %error, events = n, "refusing a forward frame with an invalid tag (not acknowledged; add an `errors` label to keep such events)");
+                        continue;
+                    }
+                    warn!(input = %id, peer = %peer, tag = %tag, %error, events = n, "forward frame with an invalid tag: its events go to the errors label");
+                    let original = Json::String(tag);
+                    let rejected = decoded
+                        .into_iter()
+                        .map(|mut event| {
+                            event.record.insert("_original_tag", original.clone());
+                            ulog_engine::Rejected {
+                                event,
+                                reason: format!("invalid tag: {error}"),
+                            }
+                        })
+                        .collect();
+                    if let Err(e) = emitter.reject(invalid_tag(), id, rejected).await {
+                        warn!(input = %id, peer = %peer, error = %e, "events of a frame with an invalid tag not accepted; not acknowledged");
+                        return;
+                    }
+                    chunks.extend(chunk);
+                }
                 Err(e) if !e.is_fatal() => {
                     error!(input = %id, peer = %peer, error = %e, "dropping a forward frame");
-                    if let DecodeError::BadTag { chunk: Some(c), .. } = e {
-                        // Resending would fail the same way: acknowledge it.
-                        chunks.push(c);
-                    }
                 }
                 Err(e) => {
                     fatal = Some(e);
@@ -661,4 +692,10 @@ async fn serve(
             }
         }
     }
+}
+
+/// The tag events of a frame with an invalid tag carry to the `errors`
+/// label (their own is kept in `_original_tag`).
+fn invalid_tag() -> Tag {
+    Tag::new_unchecked("forward.invalid_tag")
 }

@@ -441,7 +441,7 @@ async fn the_server_survives_bad_clients_while_a_good_one_keeps_working() {
         "EventTime ext must hold 8 bytes",
     ])
     .await;
-    wait_log(&["in_bad", "dropping a forward frame", "invalid tag"]).await;
+    wait_log(&["in_bad", "refusing a forward frame with an invalid tag"]).await;
 
     // Stopping does not wait for the idle good connection.
     running.stop();
@@ -596,4 +596,100 @@ async fn concurrent_good_and_bad_clients() {
         .collect();
     want.sort_unstable();
     assert_eq!(sink.ints("n"), want);
+}
+
+/// A frame with a bad tag and a `chunk` option.
+fn bad_tag_frame(chunk: &str) -> Vec<u8> {
+    pack(&M::Array(vec![
+        M::from("home/42"),
+        M::Array(vec![
+            M::Array(vec![M::from(1_700_000_000), rec()]),
+            M::Array(vec![M::from(1_700_000_001), rec()]),
+        ]),
+        M::Map(vec![(M::from("chunk"), M::from(chunk))]),
+    ]))
+}
+
+/// Reads until an ack arrives or `wait` passes; `None` if none did.
+async fn ack_within(conn: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(wait, async {
+        loop {
+            if let Ok(Some(v)) = ulog_plugins_forward::codec::split_value(&mut buf, 1024) {
+                return ulog_plugins_forward::codec::decode_ack(&v).ok();
+            }
+            if conn.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_with_an_invalid_tag_goes_to_errors_with_its_tag_and_only_then_is_acked() {
+    use ulog_engine::spec::{FlowSpec, LabelSpec, MatchSpec, PipelineSpec};
+    let port = free_port();
+    let (reg, sink) = registry_with_sink("capture");
+    let spec = PipelineSpec {
+        inputs: vec![input(port, vec![("id", "in".into())])],
+        root: FlowSpec {
+            filters: vec![],
+            matches: vec![MatchSpec {
+                patterns: vec!["**".into()],
+                outputs: vec![NodeSpec::new("capture").param("id", "main")],
+            }],
+        },
+        labels: vec![LabelSpec {
+            name: "errors".into(),
+            flow: FlowSpec {
+                filters: vec![],
+                matches: vec![MatchSpec {
+                    patterns: vec!["**".into()],
+                    outputs: vec![NodeSpec::new("capture").param("id", "errs")],
+                }],
+            },
+        }],
+    };
+    let running = ulog_engine::Pipeline::build(&spec, &reg, ulog_engine::BuildOptions::default())
+        .unwrap()
+        .start();
+    wait_listening(port).await;
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(&bad_tag_frame("bad-1")).await.unwrap();
+    assert_eq!(
+        ack_within(&mut c, Duration::from_secs(10)).await.as_deref(),
+        Some("bad-1")
+    );
+    running.stop();
+    within(Duration::from_secs(5), running.wait()).await;
+    let events = sink.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (tag, e) in &events {
+        assert_eq!(tag, "forward.invalid_tag");
+        let r = e.record.to_map();
+        assert_eq!(r["_original_tag"], "home/42");
+        assert!(
+            r["_error"].as_str().unwrap().contains("invalid tag"),
+            "{r:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_errors_label_a_frame_with_an_invalid_tag_is_not_acked() {
+    let port = free_port();
+    let (reg, sink) = registry_with_sink("capture");
+    let running = start(&reg, vec![input(port, vec![])], NodeSpec::new("capture"));
+    wait_listening(port).await;
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    c.write_all(&bad_tag_frame("bad-2")).await.unwrap();
+    assert_eq!(ack_within(&mut c, Duration::from_millis(500)).await, None);
+    // The connection stays usable.
+    send_acked(&mut c, 7).await;
+    running.stop();
+    within(Duration::from_secs(5), running.wait()).await;
+    assert_eq!(sink.events().len(), 1);
 }
