@@ -29,6 +29,9 @@ const CASES: &[&str] = &[
     "tail-tcp",
     "regex-tcp",
     "tcp-http",
+    "tcp-file-tcp",
+    "tcp-sync-tcp",
+    "disk",
 ];
 
 /// Fluent Bit 5.1 on this kind of machine, MiB/s (the brief's figures).
@@ -101,6 +104,8 @@ fn relay(listen: &str, target: &str) -> Result<()> {
 }
 
 struct Setup {
+    /// Client connections the load is spread over.
+    connections: usize,
     exe_dir: PathBuf,
     work: PathBuf,
     corpus: PathBuf,
@@ -111,11 +116,19 @@ struct Setup {
 
 fn bench(args: &[String]) -> Result<()> {
     let mut mib = 256usize;
+    let mut connections = 1usize;
     let mut cases: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mib" => mib = it.next().context("--mib needs a number")?.parse()?,
+            "--connections" => {
+                connections = it
+                    .next()
+                    .context("--connections needs a number")?
+                    .parse::<usize>()?
+                    .max(1)
+            }
             c if CASES.contains(&c) => cases.push(c.to_string()),
             other => bail!("unknown argument {other:?}; cases: {}", CASES.join(" ")),
         }
@@ -123,7 +136,10 @@ fn bench(args: &[String]) -> Result<()> {
     if cases.is_empty() {
         cases = CASES.iter().map(|s| s.to_string()).collect();
     }
-    if !cases.iter().any(|c| c == "relay") {
+    if connections > 1 {
+        // The relay copies one connection.
+        cases.retain(|c| c != "relay");
+    } else if !cases.iter().any(|c| c == "relay") {
         cases.insert(0, "relay".into());
     }
     let exe_dir = std::env::current_exe()?
@@ -166,6 +182,7 @@ fn bench(args: &[String]) -> Result<()> {
     let corpus_path = work.join("corpus.jsonl");
     std::fs::write(&corpus_path, &corpus)?;
     let setup = Setup {
+        connections,
         exe_dir,
         work: work.clone(),
         corpus: corpus_path,
@@ -173,10 +190,11 @@ fn bench(args: &[String]) -> Result<()> {
         lines: copies as u64 * lines_in_corpus,
     };
     println!(
-        "corpus: {} events of {:.0} bytes on average, {:.1} MiB per case; {} cores",
+        "corpus: {} events of {:.0} bytes on average, {:.1} MiB per case over {} connection(s); {} cores",
         setup.lines,
         corpus.len() as f64 / lines_in_corpus as f64,
         setup.bytes as f64 / (1 << 20) as f64,
+        setup.connections,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -187,10 +205,28 @@ fn bench(args: &[String]) -> Result<()> {
     );
     let mut relay_rate = None;
     let mut failures = 0;
+    let mut rates: Vec<(String, f64)> = Vec::new();
     for case in &cases {
+        if case == "disk" {
+            match disk_ceiling(&setup.work) {
+                Ok(rate) => {
+                    println!(
+                        "{:<10} {:>9.1}  (1 MiB writes + fdatasync: this disk's durable bandwidth)",
+                        case, rate
+                    );
+                    rates.push((case.clone(), rate));
+                }
+                Err(e) => {
+                    failures += 1;
+                    println!("{case:<10} FAILED: {e:#}");
+                }
+            }
+            continue;
+        }
         match run_case(&setup, case) {
             Ok(r) => {
                 let rate = setup.bytes as f64 / (1 << 20) as f64 / r.seconds;
+                rates.push((case.clone(), rate));
                 if case == "relay" {
                     relay_rate = Some(rate);
                 }
@@ -216,6 +252,19 @@ fn bench(args: &[String]) -> Result<()> {
                 println!("{case:<10} FAILED: {e:#}");
             }
         }
+    }
+    let rate = |c: &str| rates.iter().find(|(n, _)| n == c).map(|r| r.1);
+    if let (Some(file), Some(mem)) = (rate("tcp-file-tcp"), rate("tcp-tcp")) {
+        println!(
+            "file buffer (sync = interval) vs memory buffer, tcp -> tcp: {:.0}%",
+            100.0 * file / mem
+        );
+    }
+    if let (Some(sync), Some(disk)) = (rate("tcp-sync-tcp"), rate("disk")) {
+        println!(
+            "file buffer (sync = always) vs the disk's durable bandwidth: {:.0}%",
+            100.0 * sync / disk
+        );
     }
     std::fs::remove_dir_all(&work).ok();
     if failures > 0 {
@@ -364,13 +413,42 @@ fn wait_port(port: u16, child: &mut Child) -> Result<()> {
     Ok(())
 }
 
-fn generator(setup: &Setup, port: u16) -> Result<Child> {
-    Ok(Command::new(std::env::current_exe()?)
-        .arg("gen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&setup.corpus)
-        .arg(setup.bytes.to_string())
-        .spawn()?)
+/// One load generator per connection, the bytes split between them in
+/// whole corpus copies.
+fn generators(setup: &Setup, port: u16) -> Result<Vec<Child>> {
+    let corpus = std::fs::metadata(&setup.corpus)?.len() as usize;
+    let copies = setup.bytes / corpus;
+    let n = setup.connections.min(copies).max(1);
+    (0..n)
+        .map(|i| {
+            let mine = copies / n + usize::from(i < copies % n);
+            Ok(Command::new(std::env::current_exe()?)
+                .arg("gen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(&setup.corpus)
+                .arg((mine * corpus).to_string())
+                .spawn()?)
+        })
+        .collect()
+}
+
+/// This disk's durable write bandwidth, MiB/s: 1 MiB writes, each followed
+/// by `fdatasync`, for two seconds, in the directory the buffers use.
+fn disk_ceiling(dir: &Path) -> Result<f64> {
+    let path = dir.join("disk-ceiling.bin");
+    let mut f = std::fs::File::create(&path)?;
+    let block = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let mut written = 0usize;
+    while start.elapsed() < Duration::from_secs(2) {
+        f.write_all(&block)?;
+        f.sync_data()?;
+        written += block.len();
+    }
+    let rate = written as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
 }
 
 fn wait_count(count: &AtomicU64, want: u64, child: &mut Child, log: &Path) -> Result<()> {
@@ -427,8 +505,16 @@ fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
     };
     let tcp_out = format!("tcp {{ host = \"127.0.0.1\"  port = {sink_port}  format = \"json\" }}");
     let tcp_in = format!("input tcp {{ listen = \"127.0.0.1:{in_port}\"  tag = \"bench\" }}");
+    let buffered = |sync: &str| {
+        format!(
+            "tcp {{ host = \"127.0.0.1\"  port = {sink_port}  format = \"json\"\n  buffer = {{ type = \"file\"  path = \"{}\"  sync = \"{sync}\" }} }}",
+            setup.work.join(format!("{case}.buffer")).display()
+        )
+    };
     let routes = match case {
         "relay" => String::new(),
+        "tcp-file-tcp" => format!("{tcp_in}\nmatch \"**\" {}\n", buffered("interval")),
+        "tcp-sync-tcp" => format!("{tcp_in}\nmatch \"**\" {}\n", buffered("always")),
         "tcp-null" => format!("{tcp_in}\nmatch \"**\" null {{ }}\n"),
         "tcp-tcp" => format!("{tcp_in}\nmatch \"**\" {tcp_out}\n"),
         "tail-tcp" => {
@@ -468,17 +554,18 @@ fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
     } else {
         Instant::now()
     };
-    let mut gen = if case == "tail-tcp" {
-        None
+    let mut gens = if case == "tail-tcp" {
+        Vec::new()
     } else {
-        Some(generator(setup, in_port)?)
+        generators(setup, in_port)?
     };
     if case == "tcp-null" {
         // Nothing to count downstream: wait until ulog has read everything
-        // (the generator returns when ulog closes the connection).
-        let status = gen.take().map(|mut g| g.wait()).transpose()?;
-        if status.is_some_and(|s| !s.success()) {
-            bail!("load generator failed");
+        // (the generators return when ulog closes the connections).
+        for mut g in gens.drain(..) {
+            if !g.wait()?.success() {
+                bail!("load generator failed");
+            }
         }
     } else {
         wait_count(&count, setup.lines, &mut child, &log)?;
@@ -494,7 +581,7 @@ fn run_case(setup: &Setup, case: &str) -> Result<CaseResult> {
             seconds = start.elapsed().as_secs_f64();
         }
     }
-    if let Some(mut g) = gen {
+    for mut g in gens {
         g.wait()?;
     }
     let got = if case == "tcp-null" {
