@@ -168,6 +168,7 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
             u8::from(n.failure.is_none())
         );
     }
+    buffer_text(&mut out, snapshot);
     for (name, help, value) in [
         (
             "ulog_unmatched_events_total",
@@ -191,6 +192,84 @@ pub fn prometheus_text(snapshot: &MetricsSnapshot) -> String {
         );
     }
     out
+}
+
+/// The file buffers' series: one per output that has a file buffer.
+fn buffer_text(out: &mut String, snapshot: &MetricsSnapshot) {
+    let buffered: Vec<_> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| n.buffer.as_ref().map(|b| (escape_label(&n.id), b)))
+        .collect();
+    if buffered.is_empty() {
+        return;
+    }
+    type Field = fn(&ulog_engine::metrics::BufferSnapshot) -> String;
+    let series: [(&str, &str, &str, Field); 6] = [
+        (
+            "ulog_buffer_bytes",
+            "gauge",
+            "Bytes the output's file buffer takes on disk.",
+            |b| b.bytes.to_string(),
+        ),
+        (
+            "ulog_buffer_chunks",
+            "gauge",
+            "Chunks in the file buffer not yet confirmed delivered.",
+            |b| b.chunks.to_string(),
+        ),
+        (
+            "ulog_buffer_oldest_chunk_age_seconds",
+            "gauge",
+            "Age of the oldest chunk waiting in the file buffer (0 when none waits).",
+            |b| format!("{:.3}", b.oldest_chunk_age_ms.unwrap_or(0) as f64 / 1000.0),
+        ),
+        (
+            "ulog_buffer_fsyncs_total",
+            "counter",
+            "fdatasync calls the file buffer made.",
+            |b| b.fsyncs.to_string(),
+        ),
+        (
+            "ulog_buffer_full_rejections_total",
+            "counter",
+            "Appends refused because the file buffer or its disk was full.",
+            |b| b.full_rejections.to_string(),
+        ),
+        (
+            "ulog_buffer_dropped_events_total",
+            "counter",
+            "Events discarded by overflow = drop_oldest or found unreadable in the buffer.",
+            |b| b.dropped_events.to_string(),
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (id, b) in &buffered {
+            let _ = writeln!(out, "{name}{{node=\"{id}\"}} {}", field(b));
+        }
+    }
+    let name = "ulog_buffer_fsync_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of the file buffer's fdatasync calls.\n# TYPE {name} histogram"
+    );
+    for (id, b) in &buffered {
+        for (le, count) in &b.fsync_buckets {
+            let le = if *le == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                (*le as f64 / 1e6).to_string()
+            };
+            let _ = writeln!(out, "{name}_bucket{{node=\"{id}\",le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{node=\"{id}\"}} {:.6}\n{name}_count{{node=\"{id}\"}} {}",
+            b.fsync_micros as f64 / 1e6,
+            b.fsyncs
+        );
+    }
 }
 
 fn kind_name(kind: PluginKind) -> &'static str {
@@ -230,6 +309,7 @@ mod tests {
             retries: 1,
             queued: 3,
             failure: failure.map(String::from),
+            buffer: None,
         }
     }
 

@@ -201,3 +201,42 @@ fn a_taken_api_address_fails_the_run_at_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("binding the api address"), "{err}");
 }
+
+#[test]
+fn a_file_buffer_shows_what_waits_for_a_down_destination() {
+    let (http, api, dead) = (free_port(), free_port(), free_port());
+    let (_ulog, _dir) = start(
+        &format!(
+            "input http {{ listen = \"127.0.0.1:{http}\" }}\n\
+             match \"home.**\" tcp {{ id = \"archive\"  port = {dead}  retry_wait = 50ms\n\
+               buffer = {{ type = \"file\"  path = \"buf\" }} }}\n"
+        ),
+        api,
+    );
+    let begun = Instant::now();
+    while TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(begun.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..3 {
+        let (status, _) = request(http, "POST", "/home.a", &format!("{{\"i\":{i}}}"));
+        assert_eq!(status, 200);
+    }
+    let (_, text) = request(api, "GET", "/metrics", "");
+    assert!(
+        sample(&text, "ulog_buffer_chunks{node=\"archive\"}") >= 1,
+        "{text}"
+    );
+    assert!(sample(&text, "ulog_buffer_bytes{node=\"archive\"}") > 0);
+    // Every append was fsynced (sync = "always" by default) and timed.
+    let fsyncs = sample(&text, "ulog_buffer_fsyncs_total{node=\"archive\"}");
+    assert!(fsyncs >= 3, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "ulog_buffer_fsync_seconds_bucket{node=\"archive\",le=\"+Inf\"}"
+        ),
+        fsyncs
+    );
+    assert!(text.contains("ulog_buffer_oldest_chunk_age_seconds{node=\"archive\"}"));
+}

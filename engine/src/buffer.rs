@@ -730,6 +730,31 @@ impl FileQueue {
         self.space.notify_waiters();
     }
 
+    /// The buffer's state for `/metrics`; `None` while it is not open.
+    pub(crate) fn snapshot(&self) -> Option<crate::metrics::BufferSnapshot> {
+        let m = self.wal()?.metrics();
+        let mut cumulative = 0;
+        let mut buckets: Vec<(u64, u64)> = ulog_buffer::FSYNC_BUCKETS
+            .iter()
+            .zip(&m.fsync_latency)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (bound.as_micros() as u64, cumulative)
+            })
+            .collect();
+        buckets.push((u64::MAX, m.fsyncs));
+        Some(crate::metrics::BufferSnapshot {
+            bytes: m.bytes_on_disk,
+            chunks: m.unconfirmed_chunks,
+            oldest_chunk_age_ms: m.oldest_unconfirmed_age.map(|a| a.as_millis() as u64),
+            fsyncs: m.fsyncs,
+            fsync_micros: m.fsync_time.as_micros() as u64,
+            fsync_buckets: buckets,
+            full_rejections: m.full_rejections,
+            dropped_events: self.dropped.load(Ordering::Relaxed),
+        })
+    }
+
     /// Chunks waiting, and how many events the ones read so far hold.
     pub(crate) fn queued(&self) -> (usize, usize) {
         let st = lock(&self.state);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::params::PluginKind;
 
 /// Counters of one node.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct NodeMetrics {
     /// Events this node received (outputs) or emitted (inputs).
     pub events_in: AtomicU64,
@@ -24,6 +24,41 @@ pub struct NodeMetrics {
     /// Why this node stopped working (an input whose `run` returned an
     /// error), for health checks; `None` while it runs.
     pub failure: std::sync::Mutex<Option<String>>,
+    /// Reads the state of the output's file buffer, if it has one.
+    pub(crate) buffer: std::sync::OnceLock<Arc<dyn Fn() -> Option<BufferSnapshot> + Send + Sync>>,
+}
+
+/// A file buffer's state: what an operator watches while a destination is
+/// down (how much waits, since when) and what durability costs (fsyncs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BufferSnapshot {
+    /// Bytes its files take on disk.
+    pub bytes: u64,
+    /// Chunks appended and not yet confirmed.
+    pub chunks: u64,
+    /// Age of the oldest unconfirmed chunk, milliseconds.
+    pub oldest_chunk_age_ms: Option<u64>,
+    /// `fdatasync` calls since start.
+    pub fsyncs: u64,
+    /// Time spent in them, microseconds.
+    pub fsync_micros: u64,
+    /// Cumulative fsync latency histogram: (upper bound in microseconds,
+    /// calls that took at most that long), ending with `u64::MAX` for all.
+    pub fsync_buckets: Vec<(u64, u64)>,
+    /// Appends refused because the buffer (or its disk) was full.
+    pub full_rejections: u64,
+    /// Events discarded by `overflow = "drop_oldest"` or unreadable chunks.
+    pub dropped_events: u64,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics")
+            .field("events_in", &self.events_in)
+            .field("events_out", &self.events_out)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeMetrics {
@@ -87,6 +122,8 @@ pub struct NodeSnapshot {
     pub queued: u64,
     /// See [`NodeMetrics::failure`].
     pub failure: Option<String>,
+    /// The file buffer's state, for outputs with one (while it is open).
+    pub buffer: Option<BufferSnapshot>,
 }
 
 impl Metrics {
@@ -112,6 +149,7 @@ impl Metrics {
                     retries: get(&m.retries),
                     queued: get(&m.queued),
                     failure: m.failure.lock().ok().and_then(|f| f.clone()),
+                    buffer: m.buffer.get().and_then(|probe| probe()),
                 })
                 .collect(),
             unmatched: get(&self.unmatched),

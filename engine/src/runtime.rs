@@ -992,7 +992,10 @@ impl Pipeline {
                             (None, overflow == crate::buffer::Overflow::Reject)
                         }
                         BufferConfig::File(config) => {
-                            (Some(Arc::new(FileQueue::new(id.clone(), config))), false)
+                            let q = Arc::new(FileQueue::new(id.clone(), config));
+                            let probe = q.clone();
+                            let _ = node_metrics.buffer.set(Arc::new(move || probe.snapshot()));
+                            (Some(q), false)
                         }
                     };
                     let source = match &file {
