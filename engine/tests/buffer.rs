@@ -301,6 +301,10 @@ fn a_runtime_torn_down_mid_flight_loses_nothing_that_emit_acknowledged() {
             for i in 0..30 {
                 emitter.emit(batch("home.3.phone", i * 3, 3)).await.unwrap();
                 acked += 3;
+                if i == 0 {
+                    // The first chunk is taken alone and waits at the gate.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             // Let one write through (the first chunk, taken alone), then
             // tear everything down while the rest, merged, is in flight.
