@@ -627,6 +627,9 @@ impl FileQueue {
     /// if every chunk popped was unreadable.
     fn take_run(&self, wal: &Wal) -> Option<Taken> {
         let mut chunks = Vec::new();
+        // The first chunk's batch as it is (no copy when nothing merges
+        // with it), then an owned batch once a second chunk joins.
+        let mut first: Option<SharedBatch> = None;
         let mut merged: Option<Batch> = None;
         let mut size = 0u64;
         let mut counted = 0;
@@ -642,8 +645,12 @@ impl FileQueue {
                 // Recovered: its size is known once read.
                 p.bytes = encoded_len(&batch);
             }
-            if let Some(m) = &merged {
-                if m.tag != batch.tag || size + p.bytes > self.config.chunk_size {
+            let tag = merged
+                .as_ref()
+                .map(|m| &m.tag)
+                .or(first.as_ref().map(|f| &f.tag));
+            if let Some(tag) = tag {
+                if *tag != batch.tag || size + p.bytes > self.config.chunk_size {
                     // Not part of this batch: back to the front, loaded.
                     p.tag = Some(batch.tag.clone());
                     p.events = batch.len();
@@ -657,26 +664,36 @@ impl FileQueue {
             if p.counted {
                 counted += batch.len();
             }
+            if let Some(f) = first.take() {
+                merged = Some(Arc::unwrap_or_clone(f));
+            }
             match &mut merged {
-                None => merged = Some(Arc::unwrap_or_clone(batch)),
+                None => first = Some(batch),
                 Some(m) => m.events.extend(batch.events.iter().cloned()),
             }
             // Merge only chunks already in memory or known to have the same
             // tag: never read ahead from disk just to look.
+            let tag = merged
+                .as_ref()
+                .map(|m| &m.tag)
+                .or(first.as_ref().map(|f| &f.tag));
             let next_fits = {
                 let st = lock(&self.state);
                 st.pending.front().is_some_and(|n| {
-                    n.tag.as_ref() == merged.as_ref().map(|m| &m.tag)
-                        && size + n.bytes <= self.config.chunk_size
+                    n.tag.as_ref() == tag && size + n.bytes <= self.config.chunk_size
                 })
             };
             if !next_fits {
                 break;
             }
         }
-        let batch = merged?;
+        let batch = match (first, merged) {
+            (Some(f), _) => f,
+            (None, Some(m)) => Arc::new(m),
+            (None, None) => return None,
+        };
         Some(Taken {
-            batch: Arc::new(batch),
+            batch,
             chunks,
             counted,
         })

@@ -1757,8 +1757,24 @@ async fn deliver(
             }
             None => tokio::time::sleep(wait).await,
         }
-        wait = (wait * 2).min(settings.retry_max_wait);
+        wait = jittered((wait * 2).min(settings.retry_max_wait));
     }
+}
+
+/// `wait` give or take up to a fifth, so that outputs (or ulog hosts) that
+/// failed together do not all retry in the same instant.
+fn jittered(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    // A factor in [0.8, 1.2).
+    let factor = 0.8 + (h.finish() % 4000) as f64 / 10_000.0;
+    wait.mul_f64(factor)
 }
 
 /// Gives every event of an accepted batch that has none its stable id.

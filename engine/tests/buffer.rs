@@ -769,3 +769,152 @@ fn a_buffer_another_process_holds_is_reported_before_start() {
     assert!(errors[0].contains("output `out`"), "{errors:?}");
     assert!(errors[0].contains("in use"), "{errors:?}");
 }
+
+/// Unmounts on drop, also when an assertion fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledging_and_recovers_by_itself() {
+    let base = tempfile::tempdir().unwrap();
+    let mnt = base.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    if !mounted.status.success() && std::env::var_os("CI").is_none() {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here ({}); CI runs as root and runs it",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    assert!(mounted.status.success(), "mounting a tmpfs failed under CI");
+    let _mount = Tmpfs(mnt.clone());
+    let h = harness();
+    let spec = one_output(
+        NodeSpec::new("capture")
+            .param("id", "out")
+            .param("gated", true)
+            .param(
+                "buffer",
+                file_buffer(
+                    &mnt.join("buf"),
+                    &[
+                        // Far above the disk: the disk is what fills.
+                        ("total_limit", Value::Size(1 << 30)),
+                        ("chunk_size", Value::Size(64 << 10)),
+                        ("overflow", "reject".into()),
+                    ],
+                ),
+            ),
+    );
+    let running = build(&h, &spec).start();
+    let mut emitter = running.emitter();
+    let mut acked = 0;
+    let mut refused = None;
+    for i in 0..10_000 {
+        match emitter.emit(batch("home.11.owl", i * 50, 50)).await {
+            Ok(()) => acked += 50,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a 4 MiB disk fills up");
+    assert!(matches!(refused, EmitError::BufferFull { .. }), "{refused}");
+    assert!(acked > 1000, "{acked}");
+    // Still refusing while nothing is delivered: no crash, no ack.
+    assert!(emitter
+        .emit(batch("home.11.owl", 900_000, 50))
+        .await
+        .is_err());
+    // The destination takes events again: confirmed segments are deleted
+    // and the buffer accepts events without being told.
+    h.gate.add_permits(1_000_000);
+    wait_for("every acked event", || {
+        h.sink.lock().unwrap().len() >= acked
+    })
+    .await;
+    let mut accepted = false;
+    for _ in 0..200 {
+        if emitter
+            .emit(batch("home.11.owl", 1_000_000, 1))
+            .await
+            .is_ok()
+        {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "the buffer never accepted events again");
+    wait_for("the last event", || numbers(&h).contains(&1_000_000)).await;
+    drop(emitter);
+    running.stop();
+    running.wait().await;
+    let mut got = numbers(&h);
+    got.retain(|n| *n < 900_000);
+    assert_eq!(got, (0..acked as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_and_a_torn_tail_are_cut_out_and_the_rest_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = one_output(
+        NodeSpec::new("capture")
+            .param("id", "out")
+            .param("flaky", true)
+            .param("retry_wait", Duration::from_millis(20))
+            .param("buffer", file_buffer(dir.path(), &[])),
+    );
+    let h = harness();
+    h.down.store(true, Ordering::SeqCst);
+    let running = build(&h, &spec).start();
+    let mut emitter = running.emitter();
+    for i in 0..10 {
+        emitter
+            .emit(batch("home.12.owl", i * 10, 10))
+            .await
+            .unwrap();
+    }
+    drop(emitter);
+    wait_for("a failed write", || h.failures.load(Ordering::SeqCst) > 0).await;
+    running.stop();
+    assert_eq!(running.wait().await.left_buffered, 100);
+
+    // Damage the segment: one byte inside the 4th chunk's records, and a
+    // write torn in the middle of the last chunk.
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let needle = b"\"n\":35,";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    bytes[at + 1] ^= 0x20;
+    let torn = bytes.len() - 30;
+    bytes.truncate(torn);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let h2 = harness();
+    let running = build(&h2, &spec).start();
+    wait_for("the intact chunks", || h2.sink.lock().unwrap().len() == 80).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.stop();
+    running.wait().await;
+    let expected: Vec<u64> = (0..30).chain(40..90).collect();
+    assert_eq!(numbers(&h2), expected);
+}
