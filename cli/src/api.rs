@@ -1,5 +1,6 @@
 //! The `--api` listener of `ulog run`: `/health` and `/metrics` for service
-//! managers, load balancers and Prometheus.
+//! managers, load balancers and Prometheus, and `POST /reload` for
+//! `ulog reload`.
 //!
 //! It reads the engine's per-node counters ([`MetricsSnapshot`]) on each
 //! request, so it costs nothing while nobody asks. Plain HTTP/1.1 on the
@@ -22,8 +23,63 @@ use ulog_engine::PluginKind;
 /// Reads the counters of the running pipeline.
 pub type MetricsSource = Arc<dyn Fn() -> MetricsSnapshot + Send + Sync>;
 
-/// Serves `/health` and `/metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: MetricsSource, shutdown: CancellationToken) {
+/// The metrics of whichever pipeline runs now: a reload swaps the pipeline
+/// under a listener that stays.
+#[derive(Clone, Default)]
+pub struct CurrentMetrics(Arc<std::sync::RwLock<Option<MetricsSource>>>);
+
+impl CurrentMetrics {
+    /// Points at a newly started pipeline.
+    pub fn set(&self, source: MetricsSource) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
+    }
+
+    /// A source that reads whatever pipeline is current.
+    pub fn source(&self) -> MetricsSource {
+        let slot = self.0.clone();
+        Arc::new(move || {
+            let current = slot
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            current.map(|f| f()).unwrap_or_default()
+        })
+    }
+}
+
+/// A request to reload the routes file, answered with a message or the
+/// diagnostics that refused it.
+pub struct ReloadRequest {
+    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+impl ReloadRequest {
+    /// A request and the receiver of its answer.
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<Result<String, String>>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        (Self { reply }, answer)
+    }
+
+    /// Answers whoever asked (nobody, for a SIGHUP).
+    pub fn answer(self, result: Result<String, String>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Where reload requests go.
+pub type ReloadSender = tokio::sync::mpsc::Sender<ReloadRequest>;
+
+/// Serves `/health`, `/metrics` and (with `reload`) `POST /reload` on
+/// `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: MetricsSource,
+    reload: Option<ReloadSender>,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "api listening (/health, /metrics)");
     }
@@ -39,10 +95,17 @@ pub async fn serve(listener: TcpListener, metrics: MetricsSource, shutdown: Canc
             },
         };
         let metrics = metrics.clone();
+        let reload = reload.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &metrics())) }
+                let reload = reload.clone();
+                async move {
+                    if req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload_answer(&req, reload).await);
+                    }
+                    Ok::<_, Infallible>(answer(&req, &metrics()))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -75,7 +138,47 @@ fn answer(req: &Request<Incoming>, snapshot: &MetricsSnapshot) -> Response<Full<
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            format!("no such endpoint: {other} (try /health or /metrics)\n"),
+            format!("no such endpoint: {other} (try /health, /metrics or POST /reload)\n"),
+        ),
+    }
+}
+
+/// `POST /reload`: 200 once the new routes run, 422 with the diagnostics when
+/// they are refused (the old pipeline goes on).
+async fn reload_answer(
+    req: &Request<Incoming>,
+    reload: Option<ReloadSender>,
+) -> Response<Full<Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    if req.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            text,
+            "use POST /reload\n".into(),
+        );
+    }
+    let Some(reload) = reload else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "reload is not available here\n".into(),
+        );
+    };
+    let (request, answer) = ReloadRequest::new();
+    if reload.send(request).await.is_err() {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            "ulog is stopping\n".into(),
+        );
+    }
+    match answer.await {
+        Ok(Ok(message)) => reply(StatusCode::OK, text, message),
+        Ok(Err(diagnostics)) => reply(StatusCode::UNPROCESSABLE_ENTITY, text, diagnostics),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            text,
+            "ulog stopped before reloading\n".into(),
         ),
     }
 }

@@ -46,6 +46,14 @@ enum Command {
         #[arg(long, env = "ULOG_API")]
         api: Option<std::net::SocketAddr>,
     },
+    /// Reload the routes file of a running `ulog run --api ADDR`: the new file
+    /// is checked first; a broken one is refused with its diagnostics and the
+    /// running pipeline goes on (exit 1). SIGHUP does the same.
+    Reload {
+        /// The `--api` address the running ulog serves.
+        #[arg(long, env = "ULOG_API")]
+        api: std::net::SocketAddr,
+    },
     /// Check a routes file: exit 0 when valid, 1 when not. Warnings (such as a
     /// match block that can never receive events) do not fail the check.
     Check {
@@ -99,6 +107,7 @@ pub fn main_with(extra: impl FnOnce(&mut Registry)) -> ExitCode {
             api,
         } => run(&file, &registry, shutdown_timeout, api),
         Command::Check { file } => check(&file, &registry),
+        Command::Reload { api } => reload(api),
         Command::Graph { file } => graph(&file, &registry),
         Command::Plugins { markdown } => {
             if markdown {
@@ -180,6 +189,44 @@ fn graph(file: &Path, registry: &Registry) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Compiles the routes file for a run, rendering diagnostics into a string
+/// (a reload reports them to whoever asked, as well as to the log).
+fn compile_for_run(
+    file: &Path,
+    registry: &Registry,
+    options: &Options,
+) -> Result<ulog_engine::Pipeline, String> {
+    match ulog_lang::compile_file(file, registry, options) {
+        Ok(c) => {
+            print_diagnostics(&c.warnings);
+            Ok(c.pipeline)
+        }
+        Err(diags) => {
+            let errors = diags.iter().filter(|d| d.is_error()).count();
+            let mut text: String = diags.iter().map(|d| format!("{}\n", d.render())).collect();
+            text.push_str(&format!(
+                "{}: {errors} error{} found\n",
+                file.display(),
+                if errors == 1 { "" } else { "s" }
+            ));
+            Err(text)
+        }
+    }
+}
+
+/// Opens a pipeline's file buffers, logging what they hold from before.
+fn open_buffers(pipeline: &ulog_engine::Pipeline) -> Result<(), String> {
+    match pipeline.open_buffers() {
+        Ok(opened) => {
+            for (output, chunks, bytes) in opened.into_iter().filter(|o| o.1 > 0) {
+                info!(output = %output, chunks, bytes, "file buffer holds chunks from the last run; they are delivered first");
+            }
+            Ok(())
+        }
+        Err(errors) => Err(errors.iter().map(|e| format!("error: {e}\n")).collect()),
+    }
+}
+
 fn run(
     file: &Path,
     registry: &Registry,
@@ -190,29 +237,23 @@ fn run(
         shutdown_timeout,
         ..Options::default()
     };
-    let pipeline = match compile(file, registry, &options) {
-        Ok(c) => c.pipeline,
-        Err(code) => return Ok(code),
+    let pipeline = match compile_for_run(file, registry, &options) {
+        Ok(p) => p,
+        Err(text) => {
+            eprint!("{text}");
+            return Ok(ExitCode::from(1));
+        }
     };
-    match pipeline.open_buffers() {
-        Ok(opened) => {
-            for (output, chunks, bytes) in opened.into_iter().filter(|o| o.1 > 0) {
-                info!(output = %output, chunks, bytes, "file buffer holds chunks from the last run; they are delivered first");
-            }
-        }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            return Ok(ExitCode::from(2));
-        }
+    if let Err(text) = open_buffers(&pipeline) {
+        eprint!("{text}");
+        return Ok(ExitCode::from(2));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ulog")
         .build()
         .context("starting the Tokio runtime")?;
-    let report = runtime.block_on(async move {
+    let (report, lost) = runtime.block_on(async move {
         // Bind before starting, so a taken address fails the run at once.
         let api_listener = match api {
             Some(addr) => Some(
@@ -222,27 +263,93 @@ fn run(
             ),
             None => None,
         };
-        let started = pipeline.start();
-        let stop = started.shutdown_token();
+        let exit = tokio_util::sync::CancellationToken::new();
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<api::ReloadRequest>(4);
+        let current = api::CurrentMetrics::default();
         if let Some(listener) = api_listener {
-            let metrics = started.metrics_source();
-            tokio::spawn(api::serve(listener, metrics, stop.clone()));
+            tokio::spawn(api::serve(
+                listener,
+                current.source(),
+                Some(reload_tx.clone()),
+                exit.clone(),
+            ));
         }
-        let running = started;
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("signal received; stopping");
-            stop.cancel();
-        });
+        {
+            let exit = exit.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                info!("signal received; stopping");
+                exit.cancel();
+            });
+        }
+        tokio::spawn(forward_sighup(reload_tx));
         info!(file = %file.display(), "ulog running");
-        anyhow::Ok(running.wait().await)
+        let mut lost = 0;
+        let mut pipeline = pipeline;
+        let report = loop {
+            let running = pipeline.start();
+            current.set(running.metrics_source());
+            let stop = running.shutdown_token();
+            let wait = running.wait();
+            tokio::pin!(wait);
+            let (report, next) = loop {
+                tokio::select! {
+                    report = &mut wait => break (report, None),
+                    _ = exit.cancelled() => {
+                        stop.cancel();
+                        break ((&mut wait).await, None);
+                    }
+                    Some(request) = reload_rx.recv() => {
+                        // Check the new routes before touching what runs: a
+                        // broken file is refused and the old pipeline goes on.
+                        let next = match compile_for_run(file, registry, &options) {
+                            Ok(p) => p,
+                            Err(text) => {
+                                error!("reload refused; the running pipeline is unchanged:\n{text}");
+                                request.answer(Err(text));
+                                continue;
+                            }
+                        };
+                        info!("reloading: the running pipeline stops (its buffers drain or stay on disk), then the new one starts");
+                        stop.cancel();
+                        let report = (&mut wait).await;
+                        break (report, Some((next, request)));
+                    }
+                }
+            };
+            lost += report.lost;
+            let Some((next, request)) = next else {
+                break report;
+            };
+            match open_buffers(&next) {
+                Ok(()) => {
+                    request.answer(Ok(format!("reloaded {}\n", file.display())));
+                    info!(file = %file.display(), lost = report.lost, "reloaded");
+                    pipeline = next;
+                }
+                Err(text) => {
+                    // The old routes built once: build them again.
+                    error!("reload failed after the old pipeline stopped; starting the old routes again:\n{text}");
+                    request.answer(Err(text));
+                    drop(next);
+                    match compile_for_run(file, registry, &options) {
+                        Ok(p) if open_buffers(&p).is_ok() => pipeline = p,
+                        _ => {
+                            error!("the routes file can no longer be run; stopping");
+                            break report;
+                        }
+                    }
+                }
+            }
+        };
+        anyhow::Ok((report, lost))
     })?;
     let m = &report.metrics;
     info!(
         unmatched = m.unmatched,
         rejected = m.rejected,
         dropped = m.dropped,
-        lost = report.lost,
+        lost,
         left_in_file_buffers = report.left_buffered,
         "ulog stopped"
     );
@@ -252,14 +359,63 @@ fn run(
     if m.unmatched > 0 {
         warn!(events = m.unmatched, "events matched no `match` block (add `match \"**\" null {{}}` to discard them on purpose)");
     }
-    if report.lost > 0 {
+    if lost > 0 {
         error!(
-            events = report.lost,
+            events = lost,
             "events were still queued when the shutdown timeout ran out"
         );
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ulog reload`: asks the running ulog to reload and prints its answer.
+fn reload(api: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api)
+        .with_context(|| format!("connecting to the ulog api at {api}"))?;
+    write!(
+        s,
+        "POST /reload HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .context("reading the answer to the reload")?;
+    let status: u16 = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {reply:?}"))?;
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    if status == 200 {
+        print!("{body}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{body}");
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Turns SIGHUP into reload requests (what `systemctl reload` sends).
+async fn forward_sighup(reload: tokio::sync::mpsc::Sender<api::ReloadRequest>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received; reloading the routes file");
+            let (request, _answer) = api::ReloadRequest::new();
+            if reload.send(request).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+    }
 }
 
 async fn wait_for_signal() {
