@@ -354,3 +354,106 @@ fn sigterm(ulog: &Ulog) {
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
 }
+
+/// Peak resident memory of a process, KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_destination_down_for_a_while_gets_everything_in_order_and_memory_stays_bounded() {
+    let (http, dest) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.conf");
+    std::fs::write(
+        &routes,
+        format!(
+            "input http {{ listen = \"127.0.0.1:{http}\" }}\n\
+             match \"home.**\" tcp {{\n\
+               id = \"archive\"  port = {dest}  retry_wait = 100ms  retry_max_wait = 200ms\n\
+               buffer = {{ type = \"file\"  path = \"buffer\"  sync = \"interval\"  memory_limit = 4MiB }}\n\
+             }}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("ulog.log");
+    let mut ulog = spawn(&routes, &log);
+    wait_listening(http, &mut ulog);
+    let idle = peak_rss_kib(ulog.0.id());
+
+    // 96 MiB while nothing listens on the destination port; the peak after
+    // the first 32 MiB and after all of it.
+    let mut seq = 0u64;
+    let mut sent_bytes = 0usize;
+    let mut peak_at_32 = 0;
+    while sent_bytes < 96 << 20 {
+        if peak_at_32 == 0 && sent_bytes >= 32 << 20 {
+            peak_at_32 = peak_rss_kib(ulog.0.id());
+        }
+        let body: Vec<String> = (seq..seq + 4000)
+            .map(|s| {
+                format!(
+                    "{{\"seq\":{s},\"household\":\"h{}\",\"pad\":\"{}\"}}",
+                    s % 9,
+                    "x".repeat(200)
+                )
+            })
+            .collect();
+        let body = format!("[{}]", body.join(","));
+        sent_bytes += body.len();
+        let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+        write!(
+            s,
+            "POST /home.owl HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        seq += 4000;
+    }
+    let peak = peak_rss_kib(ulog.0.id());
+    println!(
+        "destination down: {} events ({} MiB) accepted into the file buffer; peak RSS {} MiB after 32 MiB, {} MiB after all (idle {} MiB)",
+        seq,
+        sent_bytes >> 20,
+        peak_at_32 / 1024,
+        peak / 1024,
+        idle / 1024
+    );
+    // Three times the backlog, not three times the memory: what is queued
+    // beyond `memory_limit` is on disk.
+    assert!(
+        peak < peak_at_32 + (16 << 10),
+        "peak RSS grew with the backlog: {peak_at_32} KiB after 32 MiB, {peak} KiB after 96 MiB"
+    );
+
+    // The destination comes up: everything, in order, once.
+    let listener = TcpListener::bind(("127.0.0.1", dest)).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut expect = 0u64;
+    for line in BufReader::new(conn).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(
+            v["seq"].as_u64(),
+            Some(expect),
+            "in order, no gaps, no repeats"
+        );
+        expect += 1;
+        if expect == seq {
+            break;
+        }
+    }
+    assert_eq!(expect, seq);
+}
