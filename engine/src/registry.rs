@@ -109,11 +109,18 @@ impl Registry {
             ),
         );
         match spec.kind {
-            PluginKind::Input => spec.params.push(ParamSpec::optional(
-                "label",
-                ParamKind::Str,
-                "Send this input's events to the named label instead of the top-level flow.",
-            )),
+            PluginKind::Input => {
+                spec.params.push(ParamSpec::optional(
+                    "label",
+                    ParamKind::Str,
+                    "Send this input's events to the named label instead of the top-level flow.",
+                ));
+                spec.params.push(ParamSpec::optional(
+                    "id_key",
+                    ParamKind::Str,
+                    "Take each event's stable id from this record field (a UUID as it is, any other value hashed), so a sender's resend keeps its id and idempotent outputs (mongodb, elasticsearch) store it once; events without the field get a fresh id.",
+                ));
+            }
             PluginKind::Output => {
                 spec.params.push(ParamSpec::with_default(
                     "retry_wait",

@@ -164,6 +164,9 @@ pub struct Emitter {
     flow: usize,
     caches: HashMap<usize, RouteCache<Decision>>,
     source: Option<Arc<NodeMetrics>>,
+    /// The input's `id_key`: events carrying this field take their id from
+    /// it, so a sender's resend keeps the id.
+    id_key: Option<Arc<str>>,
 }
 
 impl Clone for Emitter {
@@ -173,6 +176,7 @@ impl Clone for Emitter {
             flow: self.flow,
             caches: HashMap::new(),
             source: self.source.clone(),
+            id_key: self.id_key.clone(),
         }
     }
 }
@@ -193,6 +197,9 @@ impl Emitter {
     pub async fn emit(&mut self, mut batch: Batch) -> Result<(), EmitError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if let Some(key) = &self.id_key {
+            ids_from_field(&mut batch, key);
         }
         assign_ids(&mut batch);
         if let Some(m) = &self.source {
@@ -626,6 +633,7 @@ struct BuiltInput {
     id: Arc<str>,
     input: Box<dyn Input>,
     flow: usize,
+    id_key: Option<Arc<str>>,
 }
 
 /// Options for building a pipeline.
@@ -871,7 +879,13 @@ impl Pipeline {
                 Ok(input) => {
                     let id: Arc<str> = id.into();
                     metrics.node(&id, PluginKind::Input);
-                    inputs.push(BuiltInput { id, input, flow });
+                    let id_key = params.opt_str("id_key").ok().flatten().map(Arc::from);
+                    inputs.push(BuiltInput {
+                        id,
+                        input,
+                        flow,
+                        id_key,
+                    });
                 }
                 Err(e) => b.errors.push(SpecError::error(site, e.focus(), e.message)),
             }
@@ -1187,6 +1201,7 @@ impl Pipeline {
             flow,
             caches: HashMap::new(),
             source,
+            id_key: None,
         };
 
         for slot in &shared.outputs {
@@ -1230,9 +1245,11 @@ impl Pipeline {
                 .iter()
                 .find(|(id, kind, _)| *id == i.id && *kind == PluginKind::Input)
                 .map(|(_, _, m)| m.clone());
+            let mut emitter = emitter_for(i.flow, source);
+            emitter.id_key = i.id_key.clone();
             let ctx = InputContext {
                 id: i.id.clone(),
-                emitter: emitter_for(i.flow, source),
+                emitter,
                 shutdown: shutdown.child_token(),
             };
             let id = i.id.clone();
@@ -1775,6 +1792,45 @@ fn jittered(wait: Duration) -> Duration {
     // A factor in [0.8, 1.2).
     let factor = 0.8 + (h.finish() % 4000) as f64 / 10_000.0;
     wait.mul_f64(factor)
+}
+
+/// Sets the id of each event that carries the field `key`: a UUID in text
+/// is taken as it is, any other value is hashed (128-bit FNV-1a of its JSON
+/// text, with the UUIDv8 version bits) — the same value always gives the
+/// same id, so a resend is recognised downstream.
+fn ids_from_field(batch: &mut Batch, key: &str) {
+    for e in batch.events.iter_mut().filter(|e| !e.id.is_some()) {
+        let Some(v) = e.record.get(key) else { continue };
+        e.id = match v {
+            serde_json::Value::String(s) => parse_uuid(s)
+                .unwrap_or_else(|| crate::event::EventId::from_u128(id_hash(s.as_bytes()))),
+            serde_json::Value::Null => continue,
+            other => crate::event::EventId::from_u128(id_hash(other.to_string().as_bytes())),
+        };
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` as an id (not the nil UUID).
+fn parse_uuid(s: &str) -> Option<crate::event::EventId> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let bits = u128::from_str_radix(&hex, 16).ok()?;
+    (bits != 0).then(|| crate::event::EventId::from_u128(bits))
+}
+
+/// 128-bit FNV-1a, stamped as a UUIDv8 (RFC 9562: version 8, variant 10).
+fn id_hash(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h = OFFSET;
+    for &b in bytes {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    (h & !(0xf << 76) & !(0b11 << 62)) | (0x8 << 76) | (0b10 << 62)
 }
 
 /// Gives every event of an accepted batch that has none its stable id.

@@ -918,3 +918,59 @@ async fn a_corrupt_chunk_and_a_torn_tail_are_cut_out_and_the_rest_is_delivered()
     let expected: Vec<u64> = (0..30).chain(40..90).collect();
     assert_eq!(numbers(&h2), expected);
 }
+
+#[tokio::test]
+async fn an_input_with_id_key_gives_resent_events_the_same_ids() {
+    use ulog_engine::{Input, InputContext};
+    struct Twice;
+    #[async_trait]
+    impl Input for Twice {
+        async fn run(self: Box<Self>, mut ctx: InputContext) -> Result<(), PluginError> {
+            for _ in 0..2 {
+                let events = [
+                    r#"{"reading":"0190f5c4-8a3b-7000-8000-1234abcd0001","w":1}"#,
+                    r#"{"reading":"owl-42-1700000000","w":2}"#,
+                    r#"{"reading":17,"w":3}"#,
+                    r#"{"w":4}"#,
+                ]
+                .iter()
+                .map(|t| {
+                    Event::new(
+                        EventTime::from_secs_nanos(1, 0),
+                        Record::from_json_bytes(t.as_bytes().to_vec().into()).unwrap(),
+                    )
+                })
+                .collect();
+                ctx.emitter
+                    .emit(Batch::new(Tag::parse("home.13").unwrap(), events))
+                    .await
+                    .map_err(|e| PluginError::with_source("emit", e))?;
+            }
+            Ok(())
+        }
+    }
+    let mut h = harness();
+    h.registry.add_input(
+        PluginSpec::new(PluginKind::Input, "twice", "sends the same batch twice"),
+        |_, _| Ok(Box::new(Twice)),
+    );
+    let mut spec = one_output(NodeSpec::new("capture").param("id", "out"));
+    spec.inputs = vec![NodeSpec::new("twice").param("id_key", "reading")];
+    let report = build(&h, &spec).start().wait().await;
+    assert_eq!(report.lost, 0);
+    let rows = h.sink.lock().unwrap().clone();
+    assert_eq!(rows.len(), 8);
+    let ids: Vec<EventId> = rows.iter().map(|r| r.2).collect();
+    // A UUID is kept as it is.
+    assert_eq!(ids[0].to_string(), "0190f5c4-8a3b-7000-8000-1234abcd0001");
+    // The same field value gives the same id both times; different values,
+    // different ids; no field, a fresh id each time.
+    for i in 0..3 {
+        assert_eq!(ids[i], ids[i + 4], "event {i}");
+    }
+    assert_ne!(ids[1], ids[2]);
+    assert_ne!(ids[3], ids[7]);
+    assert!(ids.iter().all(|id| id.is_some()));
+    // Hashed ids are UUIDv8.
+    assert_eq!(&ids[1].to_string()[14..15], "8");
+}
