@@ -30,7 +30,11 @@ fn every_parameter_is_documented_with_its_default() {
         "retry_wait",
         "retry_max_wait",
         "retry_max_attempts",
+        "retry_timeout",
+        "secondary",
+        "buffer",
         "queue_batches",
+        "id_key",
     ];
     let mut checked = 0;
     for (kind, name) in [

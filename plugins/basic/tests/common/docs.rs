@@ -12,7 +12,11 @@ const ENGINE_PARAMS: &[&str] = &[
     "retry_wait",
     "retry_max_wait",
     "retry_max_attempts",
+    "retry_timeout",
+    "secondary",
+    "buffer",
     "queue_batches",
+    "id_key",
 ];
 
 /// The text of docs/plugins/`file`.
