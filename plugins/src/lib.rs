@@ -28,6 +28,12 @@ pub fn register_all(registry: &mut Registry) {
     ulog_plugins_nissan::register(registry);
     #[cfg(feature = "pubnub")]
     ulog_plugins_pubnub::register(registry);
+    #[cfg(feature = "elasticsearch")]
+    ulog_plugins_elasticsearch::register(registry);
+    #[cfg(feature = "mongodb")]
+    ulog_plugins_mongodb::register(registry);
+    #[cfg(feature = "push")]
+    ulog_plugins_push::register(registry);
 }
 
 /// A registry with every built-in plugin.
