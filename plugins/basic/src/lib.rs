@@ -10,6 +10,7 @@
 //! | filter | `throttle` | a rate limit per key (household, tag)          |
 //! | filter | `rewrite_tag` | new tags from fields, routed again          |
 //! | filter | `dedupe`   | dropping repeats of a key within a window        |
+//! | filter | `rule`     | stateful per-key rules: thresholds, changes, windows, joins |
 //! | output | `stdout` | trying routes out, debugging                     |
 //! | output | `file`   | local files split by tag and time                |
 //! | output | `null`   | dropping a tag on purpose, measuring             |
@@ -26,6 +27,7 @@ pub mod filter_dedupe;
 pub mod filter_grep;
 pub mod filter_record;
 pub mod filter_rewrite_tag;
+pub mod filter_rule;
 pub mod filter_throttle;
 pub mod filter_validate;
 pub mod in_dummy;
@@ -45,6 +47,7 @@ pub fn register(registry: &mut Registry) {
     filter_throttle::register(registry);
     filter_rewrite_tag::register(registry);
     filter_dedupe::register(registry);
+    filter_rule::register(registry);
     filter_validate::register(registry);
     out_stdout::register(registry);
     out_file::register(registry);

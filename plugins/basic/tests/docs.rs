@@ -16,7 +16,7 @@ fn registry() -> Registry {
 fn every_parameter_is_documented_with_its_default() {
     let registry = registry();
     let specs: Vec<_> = registry.specs().filter(|s| s.name != "relabel").collect();
-    assert_eq!(specs.len(), 11);
+    assert_eq!(specs.len(), 12);
     // stdin takes the parsers' format options, documented in parsers.md.
     let formats = ulog_parsers::format_params("json");
     let checked = docs::check_params(&docs::read("basic.md"), &specs, |plugin, name| {
